@@ -1,0 +1,43 @@
+"""Two CPU processes (gloo) with DDP or FSDP end with the parameters of one process on the same global batch."""
+import shutil
+
+import pytest
+import torch
+from toxigs.models import load_model
+from toxigs.train import TrainConfig, final_checkpoint, run
+
+# Adam divides each gradient element by its running RMS, so an element whose gradient is rounding noise
+# (a sum taken in another order) still moves by about lr: the learning rate sets the scale of
+# legitimate fp32 differences, and 1e-4 keeps them an order below the 1e-5 tolerance.
+SETTINGS = dict(steps=4, base_steps=10, grad_accum=2, lr=1e-4)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("base")
+    run(TrainConfig(run_dir=str(root), method="finetune", steps=SETTINGS["base_steps"], lr=3e-3), progress=False)
+    return root / "base"
+
+
+def final_weights(run_path) -> dict:
+    "The trained parameters as a user loads them (tied weights appear once)."
+    return {name: p.detach() for name, p in load_model(str(final_checkpoint(run_path))).named_parameters()}
+
+
+def run_from_base(base_dir, run_dir, **overrides) -> dict:
+    shutil.copytree(base_dir, run_dir / "base")
+    config = TrainConfig(run_dir=str(run_dir), **SETTINGS, **overrides)
+    run(config, progress=False)
+    return final_weights(config.path)
+
+
+@pytest.mark.parametrize("method", ["idkdpo_pcgrad", "graddiff_sago"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one(base_dir, tmp_path, method, strategy):
+    one = run_from_base(base_dir, tmp_path / "one", method=method, batch_size=4)
+    two = run_from_base(base_dir, tmp_path / "two", method=method, batch_size=2, strategy=strategy, nproc=2)
+    assert one.keys() == two.keys()
+    start = final_weights(base_dir)
+    for name in one:
+        assert not torch.equal(one[name], start[name]), f"{name} did not train"
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
