@@ -1,0 +1,30 @@
+"""The sweep is one command: base once, every method, each evaluated, and the comparison rendered with its figures."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sweep_trains_evaluates_and_renders_the_comparison(tmp_path):
+    run_dir = tmp_path / "runs"
+    command = [sys.executable, str(REPO / "scripts" / "sweep.py"), "--run-dir", str(run_dir), "--methods", "idkdpo", "idkdpo_pcgrad",
+               "--steps", "4", "--base-steps", "40", "--k", "2", "--n-prompts", "4"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = ["base", "idkdpo-seed0", "idkdpo_pcgrad-seed0"]
+    for name in runs:
+        results = json.loads((run_dir / name / "results.json").read_text())
+        assert results["toxicity"]["n_prompts"] == 4 and results["settings"]["k"] == 2
+    assert json.loads((run_dir / "idkdpo-seed0" / "config.json").read_text())["steps"] == 4
+    assert len((run_dir / "base" / "metrics.jsonl").read_text().splitlines()) == 40
+    comparison = run_dir / "comparison"
+    for figure in ("weight_distances", "surgery_vs_sum", "conflict", "tradeoff"):
+        assert (comparison / f"{figure}.html").stat().st_size > 0
+    assert (run_dir / "compare.ipynb").exists()
+    table = (comparison / "results.md").read_text()
+    assert table.splitlines()[2].startswith("| base |") and "idkdpo_pcgrad" in table
+    # a second call finds everything done and changes nothing
+    again = subprocess.run(command + ["--no-compare"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("already evaluated") == 3
