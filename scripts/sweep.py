@@ -68,10 +68,7 @@ def main(argv=None):
     if not args.no_compare:
         out = Path(args.run_dir) / "compare.ipynb"
         subprocess.run([sys.executable, "-m", "papermill", str(REPO / "nbs" / "compare.ipynb"), str(out),
-                        "-p", "runs_dir", str(Path(args.run_dir).resolve()),
-                        # the ipywidgets explorer is for JupyterLab; headless, after a kaleido PNG export in the same
-                        # kernel, displaying it never returned (seen 2026-11-23), so the sweep renders without it
-                        "-p", "widgets", "False"], check=True)
+                        "-p", "runs_dir", str(Path(args.run_dir).resolve())], check=True)
         print(f"comparison: {out}")
 
 
