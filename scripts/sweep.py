@@ -33,6 +33,7 @@ def parse_args(argv=None):
     parser.add_argument("--k", type=int, default=25, help="continuations per evaluation prompt")
     parser.add_argument("--n-prompts", type=int, default=100)
     parser.add_argument("--max-documents", type=int, default=None, help="utility documents kept for word perplexity")
+    parser.add_argument("--n-membership", type=int, default=None, help="members and non-members kept for membership inference, each")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-compare", action="store_true", help="skip rendering compare.ipynb")
     # every TrainConfig field that is not set above can be given as --field value
@@ -49,7 +50,7 @@ def main(argv=None):
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name not in ("run_dir", "method", "seed", "device") and getattr(args, f.name, None) is not None}
     evaluation = dict(scorer=args.scorer, utility_text=args.utility_text, k=args.k, n_prompts=args.n_prompts,
-                      max_documents=args.max_documents, device=args.device)
+                      max_documents=args.max_documents, n_membership=args.n_membership, device=args.device)
     started = time.time()
     runs = []
     for seed in args.seeds:

@@ -1,10 +1,11 @@
 """Two CPU processes (gloo) with DDP or FSDP end with the parameters of one process on the same global batch."""
+import json
 import shutil
 
 import pytest
 import torch
 from toxigs.models import load_model
-from toxigs.train import TrainConfig, final_checkpoint, run
+from toxigs.train import TrainConfig, final_checkpoint, read_metrics, run
 
 # Adam divides each gradient element by its running RMS, so an element whose gradient is rounding noise
 # (a sum taken in another order) still moves by about lr: the learning rate sets the scale of
@@ -28,15 +29,21 @@ def run_from_base(base_dir, run_dir, **overrides) -> dict:
     shutil.copytree(base_dir, run_dir / "base")
     config = TrainConfig(run_dir=str(run_dir), **SETTINGS, **overrides)
     run(config, progress=False)
-    return final_weights(config.path)
+    return final_weights(config.path), read_metrics(config.path), json.loads((config.path / "config.json").read_text())["layers"]
 
 
 @pytest.mark.parametrize("method", ["idkdpo_pcgrad", "graddiff_sago"])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(base_dir, tmp_path, method, strategy):
-    one = run_from_base(base_dir, tmp_path / "one", method=method, batch_size=4)
-    two = run_from_base(base_dir, tmp_path / "two", method=method, batch_size=2, strategy=strategy, nproc=2)
+    one, one_metrics, one_layers = run_from_base(base_dir, tmp_path / "one", method=method, batch_size=4)
+    two, two_metrics, two_layers = run_from_base(base_dir, tmp_path / "two", method=method, batch_size=2, strategy=strategy, nproc=2)
     assert one.keys() == two.keys()
+    # the per-layer statistics (from sharded tables under fsdp) are those of one process
+    assert one_layers == two_layers and len(one_layers) == len(one_metrics[0]["layer_cosine"])
+    # (an element whose gradient is rounding noise may change sign with the summation order: conflict shares get 1e-4)
+    for a, b in zip(one_metrics, two_metrics):
+        torch.testing.assert_close(torch.tensor(b["layer_cosine"]), torch.tensor(a["layer_cosine"]), rtol=0, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(b["layer_conflict"]), torch.tensor(a["layer_conflict"]), rtol=0, atol=1e-4)
     start = final_weights(base_dir)
     for name in one:
         assert not torch.equal(one[name], start[name]), f"{name} did not train"
