@@ -40,10 +40,11 @@ def test_two_processes_match_one(base_dir, tmp_path, method, strategy):
     assert one.keys() == two.keys()
     # the per-layer statistics (from sharded tables under fsdp) are those of one process
     assert one_layers == two_layers and len(one_layers) == len(one_metrics[0]["layer_cosine"])
-    # (an element whose gradient is rounding noise may change sign with the summation order: conflict shares get 1e-4)
+    # (an element whose gradient is rounding noise may change sign with the summation order: a few tens of a block's
+    # 10^5 elements did, with one or two CPU threads, so conflict shares get 1e-3; a wrong reduction misses by far more)
     for a, b in zip(one_metrics, two_metrics):
         torch.testing.assert_close(torch.tensor(b["layer_cosine"]), torch.tensor(a["layer_cosine"]), rtol=0, atol=1e-5)
-        torch.testing.assert_close(torch.tensor(b["layer_conflict"]), torch.tensor(a["layer_conflict"]), rtol=0, atol=1e-4)
+        torch.testing.assert_close(torch.tensor(b["layer_conflict"]), torch.tensor(a["layer_conflict"]), rtol=0, atol=1e-3)
     start = final_weights(base_dir)
     for name in one:
         assert not torch.equal(one[name], start[name]), f"{name} did not train"
