@@ -28,12 +28,13 @@ def parse_args(argv=None):
     parser.add_argument("--run-dir", default="runs/embedded", help="experiment folder (base/ and one folder per method and seed)")
     parser.add_argument("--methods", nargs="+", default=PAPER_METHODS + VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--scorer", default="offline", help="toxicity scorer: offline, detoxify, detoxify:<checkpoint>")
+    parser.add_argument("--scorer", default="offline", help="toxicity scorer: offline, toxigen-lr:<folder>[?held_out=...], detoxify, detoxify:<checkpoint>")
     parser.add_argument("--utility-text", default="auto", help="auto, embedded, wikitext or a WikiText-layout file")
     parser.add_argument("--k", type=int, default=25, help="continuations per evaluation prompt")
     parser.add_argument("--n-prompts", type=int, default=100)
     parser.add_argument("--max-documents", type=int, default=None, help="utility documents kept for word perplexity")
     parser.add_argument("--n-membership", type=int, default=None, help="members and non-members kept for membership inference, each")
+    parser.add_argument("--prompt-groups", nargs="+", default=None, help="evaluation prompts from these groups only (a toxigen-lr scorer needs its held-out groups)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-compare", action="store_true", help="skip rendering compare.ipynb")
     # every TrainConfig field that is not set above can be given as --field value
@@ -50,7 +51,8 @@ def main(argv=None):
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name not in ("run_dir", "method", "seed", "device") and getattr(args, f.name, None) is not None}
     evaluation = dict(scorer=args.scorer, utility_text=args.utility_text, k=args.k, n_prompts=args.n_prompts,
-                      max_documents=args.max_documents, n_membership=args.n_membership, device=args.device)
+                      max_documents=args.max_documents, n_membership=args.n_membership,
+                      prompt_groups=args.prompt_groups, device=args.device)
     started = time.time()
     runs = []
     for seed in args.seeds:

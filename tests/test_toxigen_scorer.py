@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from toxigs.data import toxigen_prompt_records
 from toxigs.evaluate import TOXIGEN_HELD_OUT, check_unseen_groups, evaluate_run, fit_toxigen_scorer, load_scorer
-from toxigs.models import load_model, load_tokenizer
+from toxigs.models import init_model_folder, load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +49,20 @@ def test_evaluate_run_records_the_scorers_training_groups(prompts, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["scorer_report"] == report
     assert 0 <= results["toxicity"]["mean_toxicity"] <= 1
     assert getattr(load_scorer("offline"), "report", None) is None  # other scorers record None
+
+
+def test_evaluate_run_scores_only_prompts_of_the_scorers_held_out_groups(prompts, shared_dir, tmp_path):
+    # an untrained one-block GPT-2 with the GPT-2 tokenizer: ToxiGen prompts need more than the embedded model's 256 positions
+    init_model_folder(tmp_path / "checkpoints" / "final", shared_dir / "assets/gpt2-tokenizer", n_layer=1, n_embd=32, n_head=2, n_positions=512)
+    (tmp_path / "config.json").write_text(json.dumps({"method": "finetune", "model": "tiny", "data": str(prompts), "data_seed": 0,
+                                                      "nonmember_fraction": 0.25, "max_length": 256, "seed": 0}))
+    scorer = f"toxigen-lr:{prompts}?held_out=women,black"
+    settings = dict(k=2, n_prompts=6, max_documents=1, utility_text="embedded", n_membership=10, max_length=128, stride=128,
+                    device="cpu", verbose=False)
+    with pytest.raises(ValueError, match=r"trained on: .*evaluate with prompt_groups=\['black', 'women'\]"):
+        evaluate_run(tmp_path, scorer=scorer, **settings)
+    results = evaluate_run(tmp_path, scorer=scorer, prompt_groups=["women", "black"], **settings)
+    assert results["settings"]["prompt_groups"] == ["women", "black"] and results["settings"]["n_prompts"] == 6
+    groups = {r["prompt"]: r["group"] for r in toxigen_prompt_records(prompts)}
+    generated = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert {groups[g["prompt"]] for g in generated} == {"women", "black"}  # balanced over the two groups
