@@ -34,6 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--n-prompts", type=int, default=100)
     parser.add_argument("--max-documents", type=int, default=None, help="utility documents kept for word perplexity")
     parser.add_argument("--n-membership", type=int, default=None, help="members and non-members kept for membership inference, each")
+    parser.add_argument("--extra-scorers", nargs="+", default=(), help="more scorers of the same continuations (results.json toxicity_by_scorer)")
     parser.add_argument("--prompt-groups", nargs="+", default=None, help="evaluation prompts from these groups only (a toxigen-lr scorer needs its held-out groups)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-compare", action="store_true", help="skip rendering compare.ipynb")
@@ -52,7 +53,7 @@ def main(argv=None):
                  if f.name not in ("run_dir", "method", "seed", "device") and getattr(args, f.name, None) is not None}
     evaluation = dict(scorer=args.scorer, utility_text=args.utility_text, k=args.k, n_prompts=args.n_prompts,
                       max_documents=args.max_documents, n_membership=args.n_membership,
-                      prompt_groups=args.prompt_groups, device=args.device)
+                      prompt_groups=args.prompt_groups, extra_scorers=args.extra_scorers, device=args.device)
     started = time.time()
     runs = []
     for seed in args.seeds:
