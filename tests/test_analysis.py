@@ -120,10 +120,23 @@ def test_compare_notebook_renders_every_figure(tmp_path):
     subprocess.run([sys.executable, "-m", "papermill", str(REPO / "nbs" / "compare.ipynb"), str(tmp_path / "out.ipynb"),
                     "-p", "runs_dir", str(experiment), "-p", "out_dir", str(tmp_path / "figures"), "-p", "formats", formats,
                     "--cwd", str(REPO / "nbs")], check=True, capture_output=True)
-    figures = ["tradeoff", "weight_distances", "surgery_vs_sum", "conflict"]
+    figures = ["tradeoff", "weight_distances", "surgery_vs_sum", "conflict", "layer_conflict"]
     for name in figures:
         for fmt in formats.split(","):
             assert (tmp_path / "figures" / f"{name}.{fmt}").stat().st_size > 1000, f"{name}.{fmt}"
     table = (tmp_path / "figures" / "results.md").read_text()
     assert table.splitlines()[2].startswith("| base | 0.3 [0.25, 0.35] | 0.6 [0.55, 0.65] |")
     assert len(table.splitlines()) == 2 + len(SYNTHETIC_RUNS)
+
+
+def test_committed_real_data_comparison_re_renders_from_its_small_files(tmp_path):
+    "docs/toxigen-cpu/runs (summarized, no checkpoints) renders every figure, and the table is the one the README shows."
+    docs = REPO / "docs" / "toxigen-cpu"
+    subprocess.run([sys.executable, "-m", "papermill", str(REPO / "nbs" / "compare.ipynb"), str(tmp_path / "out.ipynb"),
+                    "-p", "runs_dir", str(docs / "runs"), "-p", "out_dir", str(tmp_path / "figures"), "-p", "formats", "html",
+                    "--cwd", str(REPO / "nbs")], check=True, capture_output=True)
+    for name in ["tradeoff", "weight_distances", "surgery_vs_sum", "conflict", "layer_conflict"]:
+        assert (tmp_path / "figures" / f"{name}.html").stat().st_size > 1000, name
+    table = (tmp_path / "figures" / "results.md").read_text()
+    assert table == (docs / "comparison" / "results.md").read_text()
+    assert table.strip() in (docs / "README.md").read_text()
