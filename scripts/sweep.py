@@ -5,7 +5,9 @@ data and compute, evaluate each run (and the base), then render nbs/compare.ipyn
     python scripts/sweep.py --run-dir runs/toxigen --data ../shared/data/toxigen/prompts \\
         --model <gpt2-architecture folder> --utility-text ../shared/data/wikitext-2/test.txt --steps 200
 
-Finished runs and evaluations are kept, so an interrupted sweep continues where it stopped.
+Finished runs and evaluations are kept, so an interrupted sweep continues where it stopped. With
+`--publish docs/<study>` it also writes the experiment's small files there (no checkpoints; see
+toxigs.analysis.summarize_experiment) and renders the comparison from them, ready to commit.
 """
 import argparse
 import json
@@ -15,6 +17,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from toxigs.analysis import summarize_experiment
 from toxigs.evaluate import RESULTS_FILE, evaluate_run
 from toxigs.train import TrainConfig, run
 
@@ -38,6 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--prompt-groups", nargs="+", default=None, help="evaluation prompts from these groups only (a toxigen-lr scorer needs its held-out groups)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-compare", action="store_true", help="skip rendering compare.ipynb")
+    parser.add_argument("--publish", default=None, help="also summarize the experiment into this folder (small files, no checkpoints) and render the comparison there")
     # every TrainConfig field that is not set above can be given as --field value
     known = {"run_dir", "method", "seed", "device"}
     for f in fields(TrainConfig):
@@ -69,10 +73,14 @@ def main(argv=None):
         print(f"{path}: mean toxicity {results['toxicity']['mean_toxicity']:.3f}, "
               f"word perplexity {results['perplexity']['word_perplexity']:.4g}, MIA AUC {results['membership']['auc']:.3f}")
     print(f"trained and evaluated {len(runs)} runs in {time.time() - started:.0f} s")
+    shown = Path(args.run_dir)
+    if args.publish:
+        shown = summarize_experiment(args.run_dir, args.publish)
+        print(f"{shown}: the runs' small files and weight-space tables")
     if not args.no_compare:
-        out = Path(args.run_dir) / "compare.ipynb"
+        out = shown / "compare.ipynb"
         subprocess.run([sys.executable, "-m", "papermill", str(REPO / "nbs" / "compare.ipynb"), str(out),
-                        "-p", "runs_dir", str(Path(args.run_dir).resolve())], check=True)
+                        "-p", "runs_dir", str(shown.resolve())], check=True)
         print(f"comparison: {out}")
 
 

@@ -25,6 +25,10 @@ def test_sweep_trains_evaluates_and_renders_the_comparison(tmp_path):
     assert (run_dir / "compare.ipynb").exists()
     table = (comparison / "results.md").read_text()
     assert table.splitlines()[2].startswith("| base |") and "idkdpo_pcgrad" in table
-    # a second call finds everything done and changes nothing
-    again = subprocess.run(command + ["--no-compare"], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("already evaluated") == 3
+    # a second call finds everything done, and publishes the small files with the same comparison
+    published = tmp_path / "published"
+    again = subprocess.run(command + ["--publish", str(published)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("already evaluated") == 3, again.stderr[-3000:]
+    assert sorted(p.name for p in published.iterdir()) == sorted(runs + ["weight_distances.csv", "surgery_vs_sum.csv", "comparison", "compare.ipynb"])
+    assert not list(published.rglob("*.safetensors"))
+    assert (published / "comparison" / "results.md").read_text() == table
