@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 from toxigs.models import load_model
-from toxigs.train import TrainConfig, final_checkpoint, read_metrics, run
+from toxigs.surgery import is_elementwise
+from toxigs.train import TrainConfig, final_checkpoint, parse_method, read_metrics, run
 
 # Adam divides each gradient element by its running RMS, so an element whose gradient is rounding noise
 # (a sum taken in another order) still moves by about lr: the learning rate sets the scale of
@@ -48,4 +49,14 @@ def test_two_processes_match_one(base_dir, tmp_path, method, strategy):
     start = final_weights(base_dir)
     for name in one:
         assert not torch.equal(one[name], start[name]), f"{name} did not train"
-        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    # SAGO decides each element by the sign of g1_i * g2_i. Where one task's gradient is at rounding-noise level (a few
+    # in 10^6 elements, by chance) the summation order can flip that decision, and Adam turns the flip into a move of
+    # about lr a step: 1 element of 534,400 did (1.2e-4) with left-padded batches. Element-wise rules may have such
+    # elements, at most 1 in 10^5 and each within lr per step; every other element, and every element of the projection
+    # rules, agrees within 1e-5.
+    off = {name: int(((two[name] - one[name]).abs() > 1e-5).sum()) for name in one}
+    elements = sum(p.numel() for p in one.values())
+    allowed = elements // 100_000 if is_elementwise(parse_method(method)[1]) else 0
+    assert sum(off.values()) <= allowed, {name: count for name, count in off.items() if count}
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=SETTINGS["lr"] * SETTINGS["steps"], msg=lambda m: f"{name}: {m}")
