@@ -80,7 +80,7 @@ def main(argv=None):
     if not args.no_compare:
         out = shown / "compare.ipynb"
         subprocess.run([sys.executable, "-m", "papermill", str(REPO / "nbs" / "compare.ipynb"), str(out),
-                        "-p", "runs_dir", str(shown.resolve())], check=True)
+                        "-p", "runs_dir", str(shown)], check=True)
         print(f"comparison: {out}")
 
 

@@ -129,11 +129,12 @@ def test_compare_notebook_renders_every_figure(tmp_path):
     assert len(table.splitlines()) == 2 + len(SYNTHETIC_RUNS)
 
 
-def test_committed_real_data_comparison_re_renders_from_its_small_files(tmp_path):
-    "docs/toxigen-cpu/runs (summarized, no checkpoints) renders every figure, and the table is the one the README shows."
-    docs = REPO / "docs" / "toxigen-cpu"
+@pytest.mark.parametrize("study, runs", [("toxigen-cpu", "runs"), ("gemma-cpu-pilot", ".")])
+def test_committed_real_data_comparison_re_renders_from_its_small_files(tmp_path, study, runs):
+    "A committed study's summarized runs (no checkpoints) render every figure, and the table is the one its README shows."
+    docs = REPO / "docs" / study
     subprocess.run([sys.executable, "-m", "papermill", str(REPO / "nbs" / "compare.ipynb"), str(tmp_path / "out.ipynb"),
-                    "-p", "runs_dir", str(docs / "runs"), "-p", "out_dir", str(tmp_path / "figures"), "-p", "formats", "html",
+                    "-p", "runs_dir", str(docs / runs), "-p", "out_dir", str(tmp_path / "figures"), "-p", "formats", "html",
                     "--cwd", str(REPO / "nbs")], check=True, capture_output=True)
     for name in ["tradeoff", "weight_distances", "surgery_vs_sum", "conflict", "layer_conflict"]:
         assert (tmp_path / "figures" / f"{name}.html").stat().st_size > 1000, name
