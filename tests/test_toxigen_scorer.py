@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 from toxigs.data import toxigen_prompt_records
 from toxigs.evaluate import TOXIGEN_HELD_OUT, check_unseen_groups, evaluate_run, fit_toxigen_scorer, load_scorer
 from toxigs.models import init_model_folder, load_model, load_tokenizer
+from toxigs.runs import write_checksums
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def test_evaluate_run_records_the_scorers_training_groups(prompts, tmp_path):
     final = tmp_path / "checkpoints" / "final"  # a run directory holding the untrained embedded model: enough to evaluate
     load_model("embedded").save_pretrained(final)
     load_tokenizer("embedded").save_pretrained(final)
+    write_checksums(final)  # vouch for the hand-made checkpoint: evaluation loads only verified ones
     (tmp_path / "config.json").write_text(json.dumps({"method": "finetune", "model": "embedded", "data": "embedded", "data_seed": 0,
                                                       "nonmember_fraction": 0.25, "max_length": 256, "seed": 0}))
     results = evaluate_run(tmp_path, scorer=f"toxigen-lr:{prompts}?held_out=women,black", k=2, n_prompts=4, max_documents=1,
@@ -54,6 +56,7 @@ def test_evaluate_run_records_the_scorers_training_groups(prompts, tmp_path):
 def test_evaluate_run_scores_only_prompts_of_the_scorers_held_out_groups(prompts, shared_dir, tmp_path):
     # an untrained one-block GPT-2 with the GPT-2 tokenizer: ToxiGen prompts need more than the embedded model's 256 positions
     init_model_folder(tmp_path / "checkpoints" / "final", shared_dir / "assets/gpt2-tokenizer", n_layer=1, n_embd=32, n_head=2, n_positions=512)
+    write_checksums(tmp_path / "checkpoints" / "final")
     (tmp_path / "config.json").write_text(json.dumps({"method": "finetune", "model": "tiny", "data": str(prompts), "data_seed": 0,
                                                       "nonmember_fraction": 0.25, "max_length": 256, "seed": 0}))
     scorer = f"toxigen-lr:{prompts}?held_out=women,black"

@@ -17,10 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .evaluate import RESULTS_FILE, read_results
+from .evaluate import read_results
 from .models import LEVELS, module_group
 from .surgery import is_elementwise as is_elementwise_rule
-from .train import FINETUNE, SUMMARY_FILE, final_checkpoint, method_names, parse_method, read_metrics
+from .runs import (CHECKSUMS_FILE, CONFIG_FILE, FINETUNE, METRICS_FILE, RESULTS_FILE, SUMMARY_FILE,
+                         final_checkpoint, method_names, parse_method, read_json, read_metrics,
+                         verify_checkpoint, write_checksums)
 
 # %% auto #0
 __all__ = ['SYNTHETIC_C', 'SYNTHETIC_SCORER', 'SYNTHETIC_SCORER_SHIFT', 'SYNTHETIC_RUNS', 'SYNTHETIC_LAYERS', 'RESULT_METRICS',
@@ -49,13 +51,13 @@ class Run:
         return parse_method(self.method)[1]
 
 _RUN_NAME = re.compile(r"^(?P<method>.+)-seed(?P<seed>\d+)$")
-_RUN_FILES = ("config.json", "metrics.jsonl", RESULTS_FILE, "checkpoints")
+_RUN_FILES = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, "checkpoints")
 
 def read_run(path:str|Path, # a run directory
             ) -> Run:
     "The run in `path`, with its method and seed from config.json or, failing that, from its name."
     path = Path(path)
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    config = read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else {}
     named = _RUN_NAME.match(path.name)
     method = config.get("method") or (FINETUNE if path.name == "base" else named and named["method"])
     if not method:
@@ -69,8 +71,8 @@ def _is_run_dir(path:Path) -> bool:
     "A folder of run files named as a run (`base`, `<method>-seed<seed>`) or whose config.json names a method; not e.g. a model folder."
     if not path.is_dir() or path.name.startswith(".") or not any((path / f).exists() for f in _RUN_FILES): return False
     if path.name == "base" or _RUN_NAME.match(path.name): return True
-    try: return "method" in json.loads((path / "config.json").read_text())
-    except (OSError, ValueError): return False
+    try: return "method" in read_json(path / CONFIG_FILE)
+    except ValueError: return False
 
 def find_runs(runs_dir:str|Path, # an experiment folder: `base/` and one `<method>-seed<seed>/` per unlearning run
              ) -> list[Run]:
@@ -196,6 +198,7 @@ def synthetic_experiment(runs_dir:str|Path, # the experiment folder to write (cr
             for pname, p in model.named_parameters():
                 p.copy_(base_state[pname] if pattern is None else base_state[pname] + SYNTHETIC_C * _update_pattern(pattern, p.shape))
         model.save_pretrained(final_checkpoint(path))
+        write_checksums(final_checkpoint(path))
         start = str(final_checkpoint(root / "base"))
         config = {"method": run.method, "seed": run.seed, "data_seed": 0, "model": "tiny", "data": "synthetic",
                   "granularity": "global", "steps": steps, "start_model": start, "layers": SYNTHETIC_LAYERS}
@@ -239,8 +242,9 @@ class CheckpointWeights:
     def __init__(self, checkpoint:Run|str|Path): # a run, run directory or checkpoint folder
         from safetensors import safe_open
         self.path = checkpoint_dir(checkpoint)
+        if (self.path / CHECKSUMS_FILE).exists(): verify_checkpoint(self.path)  # a toxigs checkpoint: verified first
         index = self.path / "model.safetensors.index.json"
-        file_of = json.loads(index.read_text())["weight_map"] if index.is_file() else None
+        file_of = read_json(index)["weight_map"] if index.is_file() else None
         if file_of is None:
             with safe_open(self.path / "model.safetensors", "pt") as f: file_of = {k: "model.safetensors" for k in f.keys()}
         self._files = {name: safe_open(self.path / name, "pt") for name in sorted(set(file_of.values()))}
@@ -644,8 +648,9 @@ def costs_frame(runs, # an experiment folder or a list of `Run`s
                ) -> pd.DataFrame:
     "One row per run with a summary.json: its costs, and its median step time relative to its plain-sum twin's (NaN without one)."
     runs = _as_runs(runs)
+    summaries = [(r, read_json(r.path / SUMMARY_FILE)) for r in runs if (r.path / SUMMARY_FILE).is_file()]
     rows = [{"run": r.name, "method": r.method, "seed": r.seed, **{c: summary.get(c) for c in COST_COLUMNS}}
-            for r in runs if (r.path / SUMMARY_FILE).is_file() for summary in [json.loads((r.path / SUMMARY_FILE).read_text())]]
+            for r, summary in summaries]
     if not rows: raise FileNotFoundError(f"none of {[r.name for r in runs]} has {SUMMARY_FILE}; it is written when a run finishes")
     frame = pd.DataFrame(rows)
     step_time = {(m, s): t for m, s, t in zip(frame.method, frame.seed, frame.median_step_time_s)}

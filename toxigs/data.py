@@ -5,6 +5,8 @@
 # %% ../nbs/00_data.ipynb #bda1e008
 from __future__ import annotations
 
+import csv
+import json
 import random
 import re
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ __all__ = ['RECORD_COLUMNS', 'FORGET_LABEL', 'RETAIN_LABEL', 'PROMPT_SEPARATOR',
 # %% ../nbs/00_data.ipynb #a189278b
 RECORD_COLUMNS = ("prompt", "generation", "label")
 FORGET_LABEL, RETAIN_LABEL = 1, 0
+_TEXT_COLUMNS = ("prompt", "generation")
+_SCHEMA = "records need prompt, generation and label (1 = toxic/forget, 0 = benign/retain)"
 
 def _normalise_label(value) -> int | None:
     "Map 0/1, booleans and their string forms to 0 or 1; anything else to None."
@@ -32,23 +36,34 @@ def _normalise_label(value) -> int | None:
         return int(value.strip().lower() in ("1", "true"))
     return None
 
+def _text_problem(value) -> str|None:
+    "Why `value` is not usable text (None when it is)."
+    if value is None: return "missing (null)"
+    if not isinstance(value, str): return f"{value!r}, a {type(value).__name__}, not text (write it as a string)"
+    if not value.strip(): return "empty"
+    return None
+
 def validate_records(records:Iterable[dict], # rows with prompt, generation and label
                      source:str="records", # where they came from, for error messages
+                     locations:Sequence[str]|None=None, # where each record is in the source (`line 3`)
                     ) -> list[dict]:
-    "Check the schema and return clean records `{prompt, generation, label}` with 0/1 integer labels."
+    "Check every record and return clean records `{prompt, generation, label}` with 0/1 integer labels."
     records = list(records)
     if not records: raise ValueError(f"{source} holds no records; give a file or dataset with rows of prompt, generation, label")
     missing = [c for c in RECORD_COLUMNS if c not in records[0]]
-    if missing:
-        raise ValueError(f"{source} is missing columns {missing} (it has {sorted(records[0])}); "
-                         f"records need prompt, generation and label (1 = toxic/forget, 0 = benign/retain)")
-    clean, unknown = [], set()
-    for r in records:
-        label = _normalise_label(r["label"])
-        if label is None: unknown.add(repr(r["label"]))
-        else: clean.append({**r, "prompt": str(r["prompt"]), "generation": str(r["generation"]), "label": label})
+    if missing: raise ValueError(f"{source} is missing columns {missing} (it has {sorted(records[0])}); {_SCHEMA}")
+    where = locations or [f"record {i}" for i in range(len(records))]
+    clean, unknown = [], {}
+    for r, place in zip(records, where):
+        for column in _TEXT_COLUMNS:
+            problem = _text_problem(r.get(column))
+            if problem: raise ValueError(f"{source} {place}: {column} is {problem}; {_SCHEMA}")
+        label = _normalise_label(r.get("label"))
+        if label is None: unknown.setdefault(repr(r.get("label")), place)
+        else: clean.append({**r, "label": label})
     if unknown:
-        raise ValueError(f"{source} has unknown label values {sorted(unknown)[:10]}; "
+        first = next(iter(unknown.values()))
+        raise ValueError(f"{source} has unknown label values {sorted(unknown)[:10]} (the first at {first}); "
                          f"use 1 for toxic (forget) and 0 for benign (retain)")
     return clean
 
@@ -86,16 +101,52 @@ def toxigen_prompt_records(folder:str|Path, # a folder of ToxiGen `{hate,neutral
     return records
 
 # %% ../nbs/00_data.ipynb #d6d3effa
-_READERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_READERS = (".jsonl", ".json", ".csv", ".parquet")
 
-def _read_table(path:Path) -> list[dict]:
-    import pandas as pd
-    kind = _READERS.get(path.suffix.lower())
-    if kind is None: raise ValueError(f"cannot read {path}: use a .jsonl, .json, .csv or .parquet file")
-    if kind == "json": frame = pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
-    elif kind == "csv": frame = pd.read_csv(path, keep_default_na=False)
-    else: frame = pd.read_parquet(path)
-    return frame.to_dict("records")
+def _read_jsonl(path:Path, text:str) -> tuple[list, list[str]]:
+    rows, where = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip(): continue
+        try: rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {number} is not valid JSON ({e.msg} at column {e.colno}); "
+                             'each line must be one object like {"prompt": ..., "generation": ..., "label": 1}') from None
+        where.append(f"line {number}")
+    return rows, where
+
+def _read_json(path:Path, text:str) -> tuple[list, list[str]]:
+    try: rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(rows, list): raise ValueError(f"{path} holds a JSON {type(rows).__name__}; it must be a list of records")
+    return rows, [f"record {i}" for i in range(len(rows))]
+
+def _read_csv(path:Path, text:str) -> tuple[list, list[str]]:
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    if reader.fieldnames is None:
+        raise ValueError(f"{path} is empty: it has no header row; a CSV needs the header prompt,generation,label")
+    rows, where = [], []
+    for row in reader:
+        if None in row: raise ValueError(f"{path} line {reader.line_num} has more cells than its header {reader.fieldnames}")
+        rows.append(row)
+        where.append(f"line {reader.line_num}")
+    return rows, where
+
+def _read_table(path:Path) -> tuple[list[dict], list[str]]:
+    "The rows of a JSONL, JSON, CSV or Parquet file, values exactly as written, and where each row is."
+    kind = path.suffix.lower()
+    if kind not in _READERS: raise ValueError(f"cannot read {path}: use a .jsonl, .json, .csv or .parquet file")
+    if kind == ".parquet":
+        import pyarrow.parquet
+        try: rows = pyarrow.parquet.read_table(path).to_pylist()
+        except Exception as e: raise ValueError(f"cannot read {path} as Parquet ({type(e).__name__}: {e})") from None
+        return rows, [f"row {i}" for i in range(len(rows))]
+    try: text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e: raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    rows, where = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}[kind](path, text)
+    for row, place in zip(rows, where):
+        if not isinstance(row, dict): raise ValueError(f"{path} {place} is a JSON {type(row).__name__}, not an object (a record)")
+    return rows, where
 
 def _hub_records(name:str, config:str|None, split:str, label_column:str) -> list[dict]:
     import datasets
@@ -124,7 +175,9 @@ def load_records(source:str="embedded", # `embedded`, `toxigen`, a folder of pro
     if source == "toxigen": return validate_records(_hub_records("toxigen/toxigen-data", "train", split, "prompt_label"), "toxigen/toxigen-data")
     path = Path(source).expanduser()
     if path.is_dir(): return validate_records(toxigen_prompt_records(path, max_lines_per_file=max_lines_per_file), str(path))
-    if path.is_file(): return validate_records(_read_table(path), str(path))
+    if path.is_file():
+        rows, where = _read_table(path)
+        return validate_records(rows, str(path), where)
     if _looks_like_path(source): raise FileNotFoundError(f"data file or folder {source!r} does not exist")
     return validate_records(_hub_records(source, None, split, label_column), source)
 

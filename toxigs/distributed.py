@@ -5,21 +5,17 @@
 # %% ../nbs/04_distributed.ipynb #f85a6591
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'Processes', 'check_strategy', 'pick_device', 'init_processes', 'shard_model', 'local_tensor', 'launch',
-           'main']
+__all__ = ['STRATEGIES', 'Processes', 'check_strategy', 'check_device', 'pick_device', 'init_processes', 'shard_model',
+           'local_tensor', 'launch']
 
 # %% ../nbs/04_distributed.ipynb #9ca51daa
 STRATEGIES = ("none", "ddp", "fsdp")
@@ -38,18 +34,48 @@ class Processes:
 
 def check_strategy(strategy:str, nproc:int=1):
     "Validate a strategy and process count with errors that say what to choose."
-    if strategy not in STRATEGIES: raise ValueError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-    if nproc < 1: raise ValueError(f"nproc must be at least 1, got {nproc}")
-    if strategy == "none" and nproc > 1: raise ValueError(f"strategy 'none' runs one process, but nproc={nproc}; choose strategy 'ddp' or 'fsdp'")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a whole number >= 1, got {nproc!r}")
+    if strategy == "none" and nproc > 1:
+        raise ValueError(f"strategy 'none' runs one process, but nproc={nproc}; choose strategy 'ddp' or 'fsdp'")
+
+def _torchrun_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+def check_device(device:str, # `auto`, `cpu`, `cuda`, `cuda:<index>`, ...
+                 nproc:int=1, # processes on this machine
+                 strategy:str="none", # `none`, `ddp` or `fsdp`
+                ):
+    "Refuse a device this machine lacks, or a process layout that cannot start here, before any work."
+    try: chosen = torch.device(device) if device != "auto" else None
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'") from None
+    cuda = torch.cuda.is_available() if chosen is None else chosen.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} needs a CUDA GPU, but this machine has no CUDA GPU "
+                         "(torch.cuda.is_available() is False); use device='auto' or 'cpu'")
+    gpus = torch.cuda.device_count() if cuda else 0
+    if cuda and chosen is not None and chosen.index is not None:
+        if chosen.index >= gpus: raise ValueError(f"device {device!r} does not exist: this machine has {gpus} GPUs")
+        if nproc > 1: raise ValueError(f"device {device!r} would put all {nproc} processes on one GPU; "
+                                       "use device='cuda' (each process takes the GPU of its local rank)")
+    if cuda and nproc > gpus:
+        raise ValueError(f"nproc={nproc} processes need a GPU each, but this machine has {gpus}; "
+                         f"lower nproc, or use device='cpu' (gloo)")
+    if strategy == "fsdp" and nproc == 1 and _torchrun_world_size() == 1:
+        raise ValueError("strategy 'fsdp' shards the model over processes, but nproc=1 starts one; "
+                         "set nproc >= 2 (gloo on CPU, NCCL on GPUs) or use strategy='none'")
 
 def pick_device(device:str="auto", local_rank:int=0) -> torch.device:
-    "`auto`: this process's GPU when there is one, else the CPU."
-    if device != "auto": return torch.device(device)
-    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    "`auto`: this process's GPU when there is one, else the CPU; `cuda` alone: the GPU of this local rank."
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()): return torch.device("cuda", local_rank)
+    return torch.device("cpu") if device == "auto" else torch.device(device)
 
 def init_processes(strategy:str="none", device:str="auto") -> Processes:
     "Join the process group that torchrun set up (gloo on CPU, NCCL on GPU), or stay alone."
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = _torchrun_world_size()
     check_strategy(strategy, world_size)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     chosen = pick_device(device, local_rank)
@@ -73,32 +99,16 @@ def local_tensor(tensor:torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 # %% ../nbs/04_distributed.ipynb #b29e02df
-def _in_ipython() -> bool:
-    try: return get_ipython() is not None  # noqa: F821
-    except NameError: return False
-
-def launch(config, # a `toxigs.train.TrainConfig`
+def launch(entry_point:str, # `module:function` that each worker calls, e.g. `toxigs.train:worker`
+           arguments:list[str], # the command-line arguments each worker's `sys.argv` gets
            nproc:int, # processes to start on this machine
           ) -> None:
-    "Run `toxigs.train.run(config)` in `nproc` torchrun workers and wait for them."
-    from dataclasses import asdict
-    check_strategy(config.strategy, nproc)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(asdict(config), f)
+    "Start `nproc` torchrun workers on this machine, each calling `entry_point`, and wait for them."
+    module, function = entry_point.split(":")
+    code = f"import {module}; {module}.{function}()"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "toxigs.distributed", "--config", f.name]
-    try: result = subprocess.run(command)
-    finally: os.unlink(f.name)
+               "--no-python", sys.executable, "-c", code, *arguments]
+    result = subprocess.run(command)
     if result.returncode != 0:
-        raise RuntimeError(f"the {nproc} torchrun workers failed (exit code {result.returncode}); their output above says why")
-
-def main(argv:list[str]|None=None):
-    "Worker entry point: `python -m toxigs.distributed --config run.json` (torchrun starts one per process)."
-    from toxigs.train import TrainConfig, run
-    parser = argparse.ArgumentParser(description="Run one toxigs training job in this process.")
-    parser.add_argument("--config", required=True, help="a JSON file with the fields of toxigs.train.TrainConfig")
-    args = parser.parse_args(argv)
-    run(TrainConfig(**json.loads(Path(args.config).read_text())))
-    if dist.is_initialized(): dist.destroy_process_group()
-
-if __name__ == "__main__" and not _in_ipython(): main()
+        raise RuntimeError(f"the {nproc} torchrun workers failed (exit code {result.returncode}); "
+                           "their output above says why")

@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import itertools
 import json
+import tempfile
 import math
+import pickle
 import random
 import re
 import time
@@ -26,19 +29,21 @@ from sklearn.pipeline import make_pipeline, make_union
 
 from .data import (IGNORE_INDEX, collate, embedded_eval_prompts, embedded_utility_documents, encode_completion,
                          load_records, split_records, toxigen_prompt_lines)
+from .checks import check_names, check_number
+from .distributed import check_device, pick_device
 from .models import load_model, load_tokenizer
-from .distributed import pick_device
 from .objectives import completion_logprobs, completion_token_logprobs
-from .train import library_versions, write_json_atomic, write_text_atomic
+from .runs import (CONFIG_FILE, GENERATIONS_FILE, RESULTS_FILE, RunLock, checkpoints_dir, library_versions,
+                         read_json, read_jsonl, verify_checkpoint, write_json_atomic, write_text_atomic)
 
 # %% auto #0
-__all__ = ['Scorer', 'OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'TOXIGEN_HELD_OUT', 'RESULTS_FILE',
-           'GENERATIONS_FILE', 'context_length', 'bootstrap_interval', 'prompt_token_ids', 'left_pad',
-           'generate_continuations', 'profanity_check_scorer', 'detoxify_scorer', 'load_scorer', 'toxigen_statements',
-           'fit_toxigen_scorer', 'toxigen_scorer', 'check_unseen_groups', 'toxicity_summary', 'split_wikitext_articles',
+__all__ = ['Scorer', 'OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'TOXIGEN_HELD_OUT', 'context_length',
+           'bootstrap_interval', 'prompt_token_ids', 'left_pad', 'generate_continuations', 'profanity_check_scorer',
+           'UnsafeCheckpointError', 'detoxify_scorer', 'load_scorer', 'toxigen_statements', 'fit_toxigen_scorer',
+           'toxigen_scorer', 'check_unseen_groups', 'toxicity_summary', 'split_wikitext_articles',
            'load_utility_documents', 'rolling_windows', 'word_perplexity', 'min_k_logprob', 'zlib_length', 'attack_auc',
            'membership_auc', 'membership_scores', 'membership_inference', 'read_run_config', 'evaluation_prompts',
-           'membership_sample', 'evaluate_run', 'read_results', 'read_generations']
+           'membership_sample', 'evaluate_run', 'check_evaluation_arguments', 'read_results', 'read_generations']
 
 # %% ../nbs/05_evaluate.ipynb #a2005c1b
 def context_length(model:torch.nn.Module) -> int|None:
@@ -143,25 +148,57 @@ def _detoxify_checkpoint(path:Path) -> tuple[Path, Path|None]:
     if not path.is_file(): raise FileNotFoundError(f"Detoxify checkpoint {str(path)!r} does not exist")
     return path, path.parent if (path.parent / "config.json").exists() else None
 
+class UnsafeCheckpointError(RuntimeError):
+    "A checkpoint that only a full unpickle, which can run code it holds, could read."
+
+def _weights_only(load:Callable, what:str) -> dict:
+    "A Detoxify checkpoint read by `load` with weights_only=True: tensors and plain values, no code run."
+    try: loaded = load()
+    except pickle.UnpicklingError as e:
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise UnsafeCheckpointError(
+            f"refusing the Detoxify checkpoint {what}: it holds more than tensors and plain values, and "
+            f"unpickling it fully could run code it contains ({reason}); re-save it as a dict of a state_dict "
+            f"and a config of plain values, or use scorer='{OFFLINE_SCORER}'") from None
+    if not isinstance(loaded, dict) or not {"state_dict", "config"} <= set(loaded):
+        raise ValueError(f"{what} is not a Detoxify checkpoint: it must be a dict with 'state_dict' and 'config'")
+    return {"state_dict": loaded["state_dict"], "config": loaded["config"]}
+
+def _detoxify_classifier(model:str, device:str):
+    "Detoxify on a private copy of the checkpoint's weights-only content (Detoxify itself unpickles fully)."
+    from detoxify import Detoxify
+    from detoxify.detoxify import MODEL_URLS
+    if model in DETOXIFY_MODELS:
+        load = lambda: torch.hub.load_state_dict_from_url(MODEL_URLS[model], map_location="cpu", weights_only=True)
+        loaded, hf_config = _weights_only(load, f"{model!r}"), None
+    else:
+        checkpoint, config_dir = _detoxify_checkpoint(Path(model).expanduser())
+        load = lambda: torch.load(checkpoint, map_location="cpu", weights_only=True)
+        loaded, hf_config = _weights_only(load, str(checkpoint)), (str(config_dir) if config_dir else None)
+    with tempfile.TemporaryDirectory() as private:
+        torch.save(loaded, Path(private) / "weights-only.ckpt")
+        return Detoxify(checkpoint=str(Path(private) / "weights-only.ckpt"), device=device,
+                        huggingface_config_path=hf_config)
+
+def _detoxify_error(model:str, e:Exception) -> RuntimeError:
+    reason = (str(e).strip().splitlines() or [""])[0]
+    where = ("its checkpoint downloads from the web at first use" if model in DETOXIFY_MODELS
+             else "the checkpoint or its base model's config and tokenizer could not be read locally")
+    return RuntimeError(f"could not load the Detoxify scorer {model!r}: {where} ({type(e).__name__}: {reason}); "
+                        f"offline, use scorer='{OFFLINE_SCORER}' (alt-profanity-check), or scorer='detoxify:<folder>' "
+                        f"with a folder holding a Detoxify .ckpt and its base model's config and tokenizer files")
+
 def detoxify_scorer(model:str="unbiased", # a Detoxify model name (downloads once) or a local checkpoint file/folder
                     device:str|torch.device="cpu", # where the classifier runs
                     batch_size:int=64, # texts per forward pass
                    ) -> Scorer:
     "A Detoxify classifier's `toxicity` probability."
-    try: from detoxify import Detoxify
-    except ImportError as e: raise RuntimeError(f"the detoxify package is not installed (pip install detoxify), or use scorer='{OFFLINE_SCORER}'") from e
-    try:
-        if model in DETOXIFY_MODELS: classifier = Detoxify(model, device=str(device))
-        else:
-            checkpoint, config_dir = _detoxify_checkpoint(Path(model).expanduser())
-            classifier = Detoxify(checkpoint=str(checkpoint), device=str(device), huggingface_config_path=str(config_dir) if config_dir else None)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [""])[0]
-        where = ("its checkpoint downloads from the web at first use" if model in DETOXIFY_MODELS
-                 else "the checkpoint or its base model's config and tokenizer could not be read locally")
-        raise RuntimeError(f"could not load the Detoxify scorer {model!r}: {where} ({type(e).__name__}: {reason}); "
-                           f"offline, use scorer='{OFFLINE_SCORER}' (alt-profanity-check), or scorer='detoxify:<folder>' with a "
-                           f"folder holding a Detoxify .ckpt and its base model's config and tokenizer files") from e
+    if importlib.util.find_spec("detoxify") is None:
+        raise RuntimeError(f"the detoxify package is not installed (pip install detoxify), "
+                           f"or use scorer='{OFFLINE_SCORER}'")
+    try: classifier = _detoxify_classifier(model, str(device))
+    except (UnsafeCheckpointError, ValueError): raise
+    except Exception as e: raise _detoxify_error(model, e) from e
     def score(texts:list[str]) -> list[float]:
         scores = []
         for start in range(0, len(texts), batch_size):
@@ -453,15 +490,14 @@ def membership_inference(model:torch.nn.Module, # a causal LM (its device is use
             "min_k_fraction": min_k_fraction, "n_members": len(member["nll"]), "n_nonmembers": len(nonmember["nll"])}
 
 # %% ../nbs/05_evaluate.ipynb #9746cad6
-RESULTS_FILE, GENERATIONS_FILE = "results.json", "generations.jsonl"
 _RUN_KEYS = ("data", "nonmember_fraction", "data_seed", "max_length")
 
 def read_run_config(run_dir:str|Path, # a run directory written by toxigs.train
                    ) -> dict:
     "The run's resolved config, after checking the directory holds one."
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file(): raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.json; train one with nbs/train.ipynb")
-    config = json.loads(path.read_text())
+    config = read_json(path, fix="it was damaged; restore it, or train the run again")
     missing = [k for k in _RUN_KEYS if k not in config]
     if missing: raise ValueError(f"{path} lacks the keys {missing}, which evaluation needs to recreate the member/non-member splits")
     return config
@@ -525,10 +561,44 @@ def evaluate_run(run_dir:str|Path, # a run directory: config.json and checkpoint
                  verbose:bool=True, # print each stage's time
                 ) -> dict:
     "Toxicity, word perplexity and membership inference of a run's checkpoint; writes results.json and generations.jsonl into the run directory."
+    arguments = dict(locals())
+    check_evaluation_arguments(arguments)
     run_path = Path(run_dir)
     config = read_run_config(run_path)
-    checkpoint_path = run_path / "checkpoints" / checkpoint
+    checkpoint_path = checkpoints_dir(run_path) / checkpoint
     if not checkpoint_path.is_dir(): raise FileNotFoundError(f"{checkpoint_path} does not exist: the run has not finished (or choose another checkpoint)")
+    with RunLock(run_path, f"evaluating {checkpoint}"):
+        return _evaluate(run_path, config, checkpoint_path, **{name: arguments[name] for name in _EVALUATION_SETTINGS})
+
+_EVALUATION_SETTINGS = ("scorer", "k", "max_new_tokens", "top_p", "temperature", "seed", "n_prompts", "generation_batch_size",
+                        "score_batch_size", "nll_batch_size", "ppl_batch_size", "max_length", "stride", "utility_text",
+                        "max_documents", "n_membership", "prompt_groups", "extra_scorers", "device", "checkpoint", "verbose")
+
+def check_evaluation_arguments(arguments:dict):
+    "Refuse a bad argument of `evaluate_run` before anything is loaded, naming it and what is allowed."
+    for name in ("k", "max_new_tokens", "generation_batch_size", "score_batch_size", "nll_batch_size", "ppl_batch_size", "stride"):
+        check_number(name, arguments[name], 1, integer=True)
+    check_number("max_length", arguments["max_length"], 3, integer=True)
+    check_number("top_p", arguments["top_p"], 0, 1, low_open=True)
+    check_number("temperature", arguments["temperature"], 0, hint="0 is greedy decoding")
+    check_number("seed", arguments["seed"], 0, integer=True)
+    for name in ("n_prompts", "max_documents", "n_membership"):
+        check_number(name, arguments[name], 1, integer=True, none_ok=True, hint="None keeps all")
+    check_names("prompt_groups", arguments["prompt_groups"], none_ok=True)
+    check_names("extra_scorers", arguments["extra_scorers"])
+    if not (callable(arguments["scorer"]) or isinstance(arguments["scorer"], str)):
+        raise ValueError(f"scorer must be a scorer's name or a callable list[str] -> list[float], got {arguments['scorer']!r}")
+    for name in ("utility_text", "checkpoint"):
+        if not isinstance(arguments[name], str) or not arguments[name].strip():
+            raise ValueError(f"{name} must be a non-empty string, got {arguments[name]!r}")
+    if not isinstance(arguments["verbose"], bool): raise ValueError(f"verbose must be True or False, got {arguments['verbose']!r}")
+    check_device(arguments["device"])
+
+def _evaluate(run_path:Path, config:dict, checkpoint_path:Path, scorer, k, max_new_tokens, top_p, temperature, seed, n_prompts,
+              generation_batch_size, score_batch_size, nll_batch_size, ppl_batch_size, max_length, stride, utility_text,
+              max_documents, n_membership, prompt_groups, extra_scorers, device, checkpoint, verbose) -> dict:
+    "The body of `evaluate_run`, on its checked arguments, with the run directory locked."
+    verify_checkpoint(checkpoint_path, fix="train the run again, or evaluate another checkpoint")
     chosen_device = pick_device(str(device))
     model = load_model(str(checkpoint_path)).to(chosen_device).eval()
     tokenizer = load_tokenizer(str(checkpoint_path))
@@ -577,14 +647,16 @@ def evaluate_run(run_dir:str|Path, # a run directory: config.json and checkpoint
     write_json_atomic(run_path / RESULTS_FILE, results)
     return results
 
+_EVALUATE_FIRST = "evaluate the run first (nbs/evaluate.ipynb or toxigs.evaluate.evaluate_run)"
+
 def read_results(run_dir:str|Path) -> dict:
     "The results.json of an evaluated run."
     path = Path(run_dir) / RESULTS_FILE
-    if not path.is_file(): raise FileNotFoundError(f"{path} does not exist; evaluate the run first (nbs/evaluate.ipynb or toxigs.evaluate.evaluate_run)")
-    return json.loads(path.read_text())
+    if not path.is_file(): raise FileNotFoundError(f"{path} does not exist; {_EVALUATE_FIRST}")
+    return read_json(path, fix=f"it was damaged; {_EVALUATE_FIRST} again")
 
 def read_generations(run_dir:str|Path) -> list[dict]:
-    "Every continuation and its score from an evaluated run's generations.jsonl."
+    "Every continuation and its score from an evaluated run's generations.jsonl (written atomically: no torn line)."
     path = Path(run_dir) / GENERATIONS_FILE
-    if not path.is_file(): raise FileNotFoundError(f"{path} does not exist; evaluate the run first (nbs/evaluate.ipynb or toxigs.evaluate.evaluate_run)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not path.is_file(): raise FileNotFoundError(f"{path} does not exist; {_EVALUATE_FIRST}")
+    return read_jsonl(path, torn_tail_ok=False)

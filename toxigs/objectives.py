@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .checks import check_number
 from .data import IGNORE_INDEX
 
 # %% auto #0
@@ -126,7 +127,8 @@ class Objective:
     def __post_init__(self):
         if self.name not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.name!r}; choose one of: {', '.join(OBJECTIVES)}")
-        if self.beta <= 0: raise ValueError(f"beta must be positive, got {self.beta}")
+        check_number("beta", self.beta, 0, low_open=True)
+        check_number("delta", self.delta)
 
     @property
     def needs_reference(self) -> bool:

@@ -160,8 +160,18 @@ def _dots(f:torch.Tensor, r:torch.Tensor, scratch:torch.Tensor|None=None) -> tup
     if f.dtype != _acc_dtype(f): f, r = f.to(_acc_dtype(f)), r.to(_acc_dtype(f))
     return _inner(f, r, scratch), _inner(f, f, scratch), _inner(r, r, scratch)
 
+_HALF = (torch.float16, torch.bfloat16)
+
 def _axpby_(o:torch.Tensor, a:torch.Tensor, ca, b:torch.Tensor, cb, inplace:bool):
-    "o = ca·a + cb·b, where o is a (inplace) or shares no memory with a or b."
+    """o = ca·a + cb·b, where o is a (inplace) or shares no memory with a or b.
+
+    Half precision is combined in float32 and rounded once into `o`: in float16, 2·(4·10⁴) would
+    overflow to inf even where the update itself (e.g. 2·g1 − 2·g2 with g1 = −g2) fits."""
+    if o.dtype in _HALF:
+        result = a.float() * ca
+        if not (isinstance(cb, float) and cb == 0.0): result += b.float() * cb
+        o.copy_(result)
+        return
     if not inplace: torch.mul(a, ca, out=o)
     elif not (isinstance(ca, float) and ca == 1.0): o.mul_(ca)
     if isinstance(cb, float):
@@ -181,7 +191,12 @@ def _table(pieces:list, partials:list, counts:list, numels:list[int], device:tor
     members, elements = _layout(device, tuple(p[0] for p in pieces), tuple(numels))
     per_piece = torch.stack(partials).view(-1, 3).to(torch.float64)
     conflicts = torch.stack(counts).to(torch.float64)[:, None] if counts else per_piece.new_zeros(len(pieces), 1)
-    return torch.cat([members @ torch.cat([per_piece, conflicts], 1), elements[:, None]], 1)
+    values = torch.cat([per_piece, conflicts], 1)
+    finite = torch.isfinite(values)
+    sums = members @ torch.where(finite, values, 0.0)  # 0·nan is nan: a non-finite piece would spread to every row
+    broken = (members @ (~finite).to(values.dtype)) > 0
+    sums = torch.where(broken, float("nan"), sums)     # ... so it marks only the row of its own tensor
+    return torch.cat([sums, elements[:, None]], 1)
 
 # %% ../nbs/02_surgery.ipynb #a358c1e1
 def _sweep_sign(rule:SignRule, pieces:list, fw:float, rw:float) -> tuple[list, list]:
@@ -202,6 +217,10 @@ def _sweep_sign(rule:SignRule, pieces:list, fw:float, rw:float) -> tuple[list, l
         partials.extend((conflict.sum(), *squares))
         conflict.neg_().clamp_(min=0).sign_()           # 1 where g1_i·g2_i < 0, else 0
         counts.append(conflict.sum())
+        if f.dtype != acc:   # half precision: both columns in float32, rounded once into o
+            agree = fa * (fw * a1) + ra * (rw * a2)
+            o.copy_(torch.where(conflict > 0, fa * (fw * c1) + ra * (rw * c2), agree))
+            continue
         if (c1, c2 * rw) == (0.0, 1.0): on_conflict = r
         else: on_conflict = (f * (fw * c1)).add_(r, alpha=rw * c2)
         _axpby_(o, f, fw * a1, r, rw * a2, inplace)      # the `agree` column ...

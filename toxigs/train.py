@@ -5,62 +5,62 @@
 # %% ../nbs/03_train.ipynb #f7afbff9
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
+from .checks import check_choice, check_field_types, check_number
 from .data import (collate, collate_pairs, load_records, make_preference_pairs, split_records,
                          tokenize_pairs, tokenize_records)
-from .distributed import Processes, check_strategy, init_processes, launch, local_tensor, shard_model
+from .distributed import (Processes, check_device, check_strategy, init_processes, launch, local_tensor,
+                                shard_model)
 from .models import load_model, load_tokenizer, module_group
-from .objectives import OBJECTIVES, Objective, completion_token_count, ntp_loss
-from .surgery import RULES, combine_gradients, get_rule, is_elementwise
+from .objectives import Objective, completion_token_count, ntp_loss
+from .runs import (CONFIG_FILE, FINETUNE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, TRAINER_FILE, RunLock,
+                         append_jsonl, checkpoint_steps, final_checkpoint, is_finished, library_versions,
+                         parse_method, read_json, read_metrics, replace_directory,
+                         resume_checkpoint, run_name, step_checkpoint, sync_file, verify_checkpoint,
+                         write_checksums, write_json_atomic, write_jsonl_atomic)
+from .surgery import combine_gradients, get_rule, is_elementwise
 
 # %% auto #0
-__all__ = ['FINETUNE', 'TASKS', 'SUMMARY_FILE', 'method_names', 'parse_method', 'TrainConfig', 'IndexStream', 'RunData',
-           'prepare_data', 'FlatGradients', 'ShardedGradients', 'parameter_blocks', 'layer_statistics',
-           'write_text_atomic', 'write_json_atomic', 'replace_directory', 'checkpoint_steps', 'final_checkpoint',
-           'is_finished', 'read_metrics', 'save_checkpoint', 'load_trainer_state', 'prune_checkpoints',
-           'library_versions', 'run_summary', 'check_resumable', 'accumulate', 'NonFiniteError', 'train', 'run',
-           'plot_training']
-
-# %% ../nbs/03_train.ipynb #dafe1a5f
-FINETUNE = "finetune"
-
-def method_names() -> list[str]:
-    "Every method a user can name: `finetune`, then each objective with each rule (`sum` is the bare name)."
-    return [FINETUNE] + [objective if rule == "sum" else f"{objective}_{rule}" for objective in OBJECTIVES for rule in RULES]
-
-def parse_method(method:str) -> tuple[str|None, str|None]:
-    "`(objective, rule)` of a method name; `(None, None)` for finetune."
-    if method == FINETUNE: return None, None
-    for objective in OBJECTIVES:
-        if method == objective: return objective, "sum"
-        rule = method[len(objective) + 1:] if method.startswith(objective + "_") else None
-        if rule in RULES: return objective, rule
-    raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(method_names())}")
+__all__ = ['PRECISIONS', 'TASKS', 'TrainConfig', 'IndexStream', 'RunData', 'prepare_data', 'FlatGradients', 'ShardedGradients',
+           'parameter_blocks', 'layer_statistics', 'save_checkpoint', 'load_trainer_state', 'prune_checkpoints',
+           'run_summary', 'check_resumable', 'start_model', 'RunStart', 'on_main', 'claim_run_dir', 'accumulate',
+           'Task', 'make_tasks', 'Run', 'setup_run', 'backward_task', 'combine_and_clip', 'read_on_host',
+           'read_statistics', 'NonFiniteError', 'refuse_non_finite', 'log_step', 'save_step_checkpoint', 'finish_run',
+           'train', 'worker', 'launch_workers', 'run', 'plot_training']
 
 # %% ../nbs/03_train.ipynb #2b0870e2
+PRECISIONS = ("auto", "bf16", "fp32")
+
 @dataclass
 class TrainConfig:
     "Everything a run needs; the defaults run the embedded demo on a CPU in seconds."
     method: str = "idkdpo_pcgrad"   # `finetune`, or `<objective>[_<rule>]`; see `method_names()`
-    model: str = "embedded"         # pretrained model the base is fine-tuned from: `embedded`, a hub name or a folder
+    model: str = "embedded"         # the pretrained model the base is fine-tuned from: `embedded`, a hub name or a folder
     data: str = "embedded"          # `embedded`, `toxigen`, a folder of ToxiGen prompt files, or a JSONL/CSV/Parquet file
-    run_dir: str = "runs/embedded"  # experiment folder: `base/` and one `<method>-seed<seed>/` per unlearning run
+    run_dir: str = "runs/embedded"  # the experiment folder: `base/` and one `<method>-seed<seed>/` per unlearning run
     steps: int = 40                 # optimizer steps of this run
     lr: float = 1e-3                # peak learning rate (AdamW, linear warmup then cosine decay)
     batch_size: int = 8             # examples per device per micro-batch, for each task
     grad_accum: int = 1             # micro-batches per optimizer step
-    warmup_ratio: float = 0.1       # share of the steps spent warming up
+    warmup_ratio: float = 0.1       # share of the steps spent warming up, in [0, 1)
     weight_decay: float = 0.0       # AdamW decoupled weight decay
     max_grad_norm: float = 1.0      # clip the combined update to this global norm (0: no clipping)
     forget_weight: float = 1.0      # γ: scales the forget gradient before the surgery
@@ -69,32 +69,51 @@ class TrainConfig:
     beta: float = 0.1               # inverse temperature of idkDPO, NPO, SimNPO
     delta: float = 0.0              # SimNPO reward margin
     max_length: int = 256           # drop longer sequences
-    nonmember_fraction: float = 0.25  # share of unique generations held out as non-members
+    nonmember_fraction: float = 0.25  # share of unique generations held out as non-members, in [0, 1)
     seed: int = 0                   # unlearning data order
     data_seed: int = 0              # member/non-member split, preference pairs, and the base fine-tune
     base_steps: int = 800           # fine-tuning steps of the base model
     base_lr: float = 3e-3           # fine-tuning learning rate of the base model
     save_every: int = 0             # also checkpoint every this many steps (0: only the final checkpoint)
-    keep_checkpoints: int = 1       # step checkpoints kept besides `final`
+    keep_checkpoints: int = 1       # step checkpoints kept besides `final` (at least 1)
     strategy: str = "none"          # `none`, `ddp` or `fsdp`
     nproc: int = 1                  # processes (devices) on this machine; >1 launches torchrun workers
-    device: str = "auto"            # `auto` (GPU if any, else CPU), `cpu`, `cuda`, ...
+    device: str = "auto"            # `auto` (GPU if any, else CPU), `cpu`, `cuda`, `cuda:1`, ...
     precision: str = "auto"         # `auto` (bf16 autocast on GPU, fp32 on CPU), `bf16` or `fp32`; weights and Adam stay fp32
     dropout: bool = False           # keep the model's dropout on (off by default: log-probs compare across passes)
     resume: bool = True             # continue an interrupted run (and skip a finished one) instead of refusing to overwrite it
 
     def __post_init__(self):
+        "Refuse every value that cannot work, naming the field, before any work starts."
+        check_field_types(self)
         _, rule = parse_method(self.method)
         get_rule(rule or "sum", self.granularity)  # an unknown granularity, or `param` for an element-wise rule
+        for name in ("model", "data", "run_dir"):
+            if not getattr(self, name).strip(): raise ValueError(f"{name} is empty; name a {name}")
+        for name in ("steps", "batch_size", "grad_accum", "base_steps", "max_length"):
+            check_number(name, getattr(self, name), 1, integer=True)
+        for name in ("seed", "data_seed", "save_every"):
+            check_number(name, getattr(self, name), 0, integer=True)
+        check_number("keep_checkpoints", self.keep_checkpoints, 1, integer=True)
+        for name in ("lr", "base_lr", "beta"):
+            check_number(name, getattr(self, name), 0, low_open=True)
+        for name in ("warmup_ratio", "nonmember_fraction"):
+            check_number(name, getattr(self, name), 0, 1, high_open=True)
+        for name in ("weight_decay", "forget_weight", "retain_weight"):
+            check_number(name, getattr(self, name), 0)
+        check_number("max_grad_norm", self.max_grad_norm, 0, hint="0 turns clipping off")
+        check_number("delta", self.delta)
+        if rule is not None and self.forget_weight == 0 and self.retain_weight == 0:
+            raise ValueError("forget_weight and retain_weight are both 0, so every update would be zero; "
+                             "give at least one task a positive weight")
+        check_choice("precision", self.precision, PRECISIONS)
         check_strategy(self.strategy, self.nproc)
-        if self.precision not in ("auto", "bf16", "fp32"): raise ValueError(f"unknown precision {self.precision!r}; choose auto, bf16 or fp32")
-        for name in ("steps", "batch_size", "grad_accum", "base_steps"):
-            if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_device(self.device, self.nproc, self.strategy)
 
     @property
     def path(self) -> Path:
         "This run's directory."
-        return Path(self.run_dir) / ("base" if self.method == FINETUNE else f"{self.method}-seed{self.seed}")
+        return Path(self.run_dir) / run_name(self.method, self.seed)
 
     def base(self) -> "TrainConfig":
         "The config of the base fine-tune this unlearning run starts from."
@@ -224,52 +243,21 @@ def layer_statistics(per_tensor:torch.Tensor, # the surgery's `per_tensor` table
     conflict = conflicting / elements.clamp_min(1) if elementwise else (dot < 0).to(sums.dtype)
     return cosine, conflict
 
-# %% ../nbs/03_train.ipynb #99291685
-def write_text_atomic(path:Path, text:str):
-    "Write text to a temporary file beside `path`, then rename it over `path`."
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-def write_json_atomic(path:Path, obj:dict):
-    "Write JSON atomically."
-    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-def replace_directory(tmp:Path, target:Path):
-    "Move a fully written directory into place; an older `target` is removed only after the move."
-    old = target.with_name(f".{target.name}.old")
-    if old.exists(): shutil.rmtree(old)
-    if target.exists(): os.replace(target, old)
-    os.replace(tmp, target)
-    if old.exists(): shutil.rmtree(old)
-
-def checkpoint_steps(run_path:Path) -> list[int]:
-    "Steps of the complete step checkpoints in a run directory, ascending."
-    folder = Path(run_path) / "checkpoints"
-    return sorted(int(p.name.split("-")[1]) for p in folder.glob("step-*") if (p / "state.json").exists()) if folder.exists() else []
-
-def final_checkpoint(run_path:str|Path) -> Path:
-    return Path(run_path) / "checkpoints" / "final"
-
-def is_finished(run_path:str|Path) -> bool:
-    return (final_checkpoint(run_path) / "state.json").exists()
-
-def read_metrics(run_path:str|Path) -> list[dict]:
-    "The per-step metrics of a run."
-    path = Path(run_path) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
 # %% ../nbs/03_train.ipynb #fffe3615
 def _state_dicts(model, optimizer) -> tuple[dict, dict|None]:
     "Full (unsharded) model state, and optimizer state unless `optimizer` is None, on the CPU of rank 0."
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     optimizer_state = None if optimizer is None else get_optimizer_state_dict(model, optimizer, options=options)
     return get_model_state_dict(model, options=options), optimizer_state
 
-def save_checkpoint(target:Path, model, tokenizer, optimizer, scheduler, streams:dict, step:int, processes:Processes,
+def _rng_state() -> dict:
+    cuda = {"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}
+    return {"cpu": torch.get_rng_state()} | cuda
+
+def save_checkpoint(target:Path, model, tokenizer, optimizer, scheduler, streams:dict, step:int,
+                    processes:Processes,
                     trainer_state:bool=True): # also write optimizer, scheduler and RNG state (what resuming needs)
-    "Write a checkpoint to `target` atomically (rank 0 writes; every rank takes part in gathering)."
+    "Write a checkpoint to `target` atomically, checksums last (rank 0 writes; every rank gathers)."
     model_state, optimizer_state = _state_dicts(model, optimizer if trainer_state else None)
     if processes.is_main:
         tmp = target.with_name(f".{target.name}.tmp")
@@ -277,61 +265,99 @@ def save_checkpoint(target:Path, model, tokenizer, optimizer, scheduler, streams
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        rng = {"cpu": torch.get_rng_state()} | ({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})
-        if trainer_state: torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng}, tmp / "trainer.pt")
-        write_json_atomic(tmp / "state.json", {"step": step, "streams": {k: s.state_dict() for k, s in streams.items()}})
+        if trainer_state:
+            trainer = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": _rng_state()}
+            torch.save(trainer, tmp / TRAINER_FILE)
+        streams_state = {name: stream.state_dict() for name, stream in streams.items()}
+        write_json_atomic(tmp / STATE_FILE, {"step": step, "streams": streams_state})
+        write_checksums(tmp)
         replace_directory(tmp, target)
     if processes.distributed: dist.barrier()
 
 def load_trainer_state(checkpoint:Path, model, optimizer, scheduler, streams:dict) -> int:
-    "Restore optimizer, scheduler, RNG and data order from a checkpoint; return its step."
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    trainer = torch.load(checkpoint / "trainer.pt", map_location="cpu", weights_only=True)
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=trainer["optimizer"], options=StateDictOptions(full_state_dict=True))
+    "Restore optimizer, scheduler, RNG and data order from a (verified) checkpoint; return its step."
+    trainer = torch.load(checkpoint / TRAINER_FILE, map_location="cpu", weights_only=True)
+    options = StateDictOptions(full_state_dict=True)
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=trainer["optimizer"], options=options)
     scheduler.load_state_dict(trainer["scheduler"])
     torch.set_rng_state(trainer["rng"]["cpu"])
     if "cuda" in trainer["rng"] and torch.cuda.is_available(): torch.cuda.set_rng_state(trainer["rng"]["cuda"])
-    state = json.loads((checkpoint / "state.json").read_text())
+    state = read_json(checkpoint / STATE_FILE)
     for name, stream in streams.items(): stream.load_state_dict(state["streams"][name])
     return state["step"]
 
 def prune_checkpoints(run_path:Path, keep:int):
     "Keep the newest `keep` step checkpoints."
     for step in checkpoint_steps(run_path)[:-keep] if keep > 0 else checkpoint_steps(run_path):
-        shutil.rmtree(Path(run_path) / "checkpoints" / f"step-{step}")
+        shutil.rmtree(step_checkpoint(run_path, step))
 
 # %% ../nbs/03_train.ipynb #3725309c
-_EXECUTION_FIELDS = {"resume", "strategy", "nproc", "device", "save_every", "keep_checkpoints"}
-
-def library_versions() -> dict:
-    "Versions of torch, transformers and toxigs, recorded beside every run and evaluation."
-    import transformers, toxigs
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "toxigs": toxigs.__version__}
-
-SUMMARY_FILE = "summary.json"
+_EXECUTION_FIELDS = {"run_dir", "resume", "strategy", "nproc", "device", "save_every", "keep_checkpoints"}
 
 def run_summary(run_path:Path, processes:Processes, start_step:int, wall_s:float) -> dict:
-    "What a finished run cost: step times from its metrics (all segments of a resumed run), this process's wall time, peak GPU memory."
+    "What a finished run cost: step times from its metrics (all segments of a resumed run), wall time, peak GPU memory."
     step_times = sorted(m["step_time_s"] for m in read_metrics(run_path))
     cuda = processes.device.type == "cuda"
-    return {"steps": len(step_times), "train_time_s": sum(step_times), "median_step_time_s": step_times[len(step_times) // 2] if step_times else None,
-            "wall_time_s": wall_s, "resumed_from_step": start_step, "device": str(processes.device), "world_size": processes.world_size,
+    return {"steps": len(step_times), "train_time_s": sum(step_times),
+            "median_step_time_s": step_times[len(step_times) // 2] if step_times else None,
+            "wall_time_s": wall_s, "resumed_from_step": start_step, "device": str(processes.device),
+            "world_size": processes.world_size,
             "device_name": torch.cuda.get_device_name(processes.device) if cuda else None,
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(processes.device) / 2**30 if cuda else None}
 
+def _same_setting(saved, current) -> bool:
+    "Equal, or two spellings (relative, absolute) of one existing file or folder."
+    if saved == current: return True
+    if not (isinstance(saved, str) and isinstance(current, str)): return False
+    try: return os.path.exists(saved) and os.path.exists(current) and os.path.samefile(saved, current)
+    except OSError: return False
+
 def check_resumable(config:TrainConfig) -> Path|None:
     "The checkpoint to resume from (None: start fresh), after checking the run directory agrees with `config`."
-    saved_path = config.path / "config.json"
+    saved_path = config.path / CONFIG_FILE
     if not saved_path.exists(): return None
     if not config.resume:
-        raise FileExistsError(f"{config.path} already holds a run; pass resume=True to continue it, or choose another run_dir")
-    saved = json.loads(saved_path.read_text())
-    changed = sorted(k for k in asdict(config) if k not in _EXECUTION_FIELDS and k in saved and saved[k] != asdict(config)[k])
+        raise FileExistsError(f"{config.path} already holds a run; pass resume=True to continue it, "
+                              "or choose another run_dir")
+    saved = read_json(saved_path, fix=f"delete {config.path} to start over")
+    current = asdict(config)
+    changed = sorted(k for k in current
+                     if k not in _EXECUTION_FIELDS and k in saved and not _same_setting(saved[k], current[k]))
     if changed:
-        raise ValueError(f"{config.path} was started with other settings ({', '.join(f'{k}: {saved[k]!r} -> {getattr(config, k)!r}' for k in changed)}); "
+        differences = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"{config.path} was started with other settings ({differences}); "
                          f"choose another run_dir, or delete {config.path} to start over")
-    steps = checkpoint_steps(config.path)
-    return config.path / "checkpoints" / f"step-{steps[-1]}" if steps else None
+    return resume_checkpoint(config.path)
+
+def start_model(config:TrainConfig) -> str:
+    "What the run starts from: the pretrained model (fine-tune), or the base run's verified final checkpoint."
+    if config.method == FINETUNE: return config.model
+    base = final_checkpoint(config.base().path)
+    return str(verify_checkpoint(base, fix=f"delete {config.base().path} to fine-tune the base again"))
+
+@dataclass
+class RunStart:
+    "Where a run starts, decided by the main process."
+    finished: bool            # the run is complete: nothing to do
+    resume_from: Path|None    # the verified step checkpoint to continue from (None: step 0)
+    start_model: str          # the pretrained model, or the base's verified final checkpoint
+
+def on_main(processes:Processes, compute:Callable):
+    "Run `compute` on the main process only; every process returns its result or raises its error."
+    outcome = [None, None]
+    if processes.is_main:
+        try: outcome = [compute(), None]
+        except Exception as error: outcome = [None, error]
+    if processes.distributed: dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None: raise outcome[1]
+    return outcome[0]
+
+def claim_run_dir(config:TrainConfig, held:contextlib.ExitStack) -> RunStart:
+    "Lock the run directory (held until `held` closes), check it agrees with `config`, find where to start."
+    held.enter_context(RunLock(config.path, f"{config.method} training"))
+    resume_from = check_resumable(config)
+    if is_finished(config.path): return RunStart(True, None, "")
+    return RunStart(False, resume_from, start_model(config))
 
 # %% ../nbs/03_train.ipynb #dc2cf7e3
 def _autocast(config:TrainConfig, device:torch.device):
@@ -358,9 +384,96 @@ def accumulate(loss_fn, # (model, device batch) -> mean loss of the micro-batch
     return total
 
 # %% ../nbs/03_train.ipynb #d534e58e
-class NonFiniteError(FloatingPointError):
-    "A loss or the update became NaN or infinite; the update was not applied."
+@dataclass
+class Task:
+    "One task of a step: the examples it draws from, its loss, what the loss averages over, how to collate."
+    examples: str        # the `RunData` field (and data stream): `forget`, `retain` or `mixed`
+    loss: Callable       # (model, device batch) -> mean loss of the micro-batch
+    count: Callable      # examples -> what their loss averages over (tokens or examples)
+    collate: Callable    # examples -> batch
 
+def _token_count(examples:list[dict]) -> int: return sum(map(completion_token_count, examples))
+
+def make_tasks(objective:Objective|None, reference, pad_token_id:int) -> dict[str, Task]:
+    "The tasks of a step: `forget` alone (the fine-tune's next-token loss), or `forget` and `retain`."
+    plain = lambda examples: collate(examples, pad_token_id)
+    if objective is None: return {"forget": Task("mixed", ntp_loss, _token_count, plain)}
+    forget_loss = lambda model, batch: objective.forget_loss(model, batch, reference)
+    pairs = lambda examples: collate_pairs(examples, pad_token_id)
+    return {"forget": Task("forget", forget_loss, objective.forget_count, pairs),
+            "retain": Task("retain", objective.retain_loss, _token_count, plain)}
+
+@dataclass
+class Run:
+    "Everything the training loop works on, built once by `setup_run`."
+    config: TrainConfig
+    processes: Processes
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    data: RunData
+    streams: dict[str, IndexStream]
+    tasks: dict[str, Task]
+    grads: FlatGradients|ShardedGradients
+    params: list[torch.nn.Parameter]
+    blocks: list[str]          # the transformer blocks, for the per-block statistics
+    row_blocks: torch.Tensor   # the block of each row of the surgery's per-tensor table
+    per_parameter: bool        # the surgery sees one tensor per parameter (else one span per block)
+    rule: str|None             # the surgery rule (None: fine-tuning)
+    start_step: int
+
+    @property
+    def path(self) -> Path: return self.config.path
+
+def _streams(config:TrainConfig, data:RunData) -> dict[str, IndexStream]:
+    if config.method == FINETUNE: return {"mixed": IndexStream(len(data.mixed), config.seed)}
+    return {"forget": IndexStream(len(data.forget), config.seed, 1),
+            "retain": IndexStream(len(data.retain), config.seed, 2)}
+
+def _write_run_start(config:TrainConfig, processes:Processes, start:RunStart, blocks:list[str], step:int):
+    "config.json with what was resolved, and metrics.jsonl cut back (atomically) to the checkpoint's step."
+    resolved = {"start_model": start.start_model, "world_size": processes.world_size, "layers": blocks,
+                "versions": library_versions()}
+    write_json_atomic(config.path / CONFIG_FILE, asdict(config) | resolved)
+    kept = [m for m in read_metrics(config.path) if m["step"] <= step]
+    write_jsonl_atomic(config.path / METRICS_FILE, kept)
+
+def setup_run(config:TrainConfig, processes:Processes, start:RunStart) -> Run:
+    "Model (sharded under FSDP), reference, data, optimizer, schedule, gradient buffers; resumed state."
+    objective_name, rule = parse_method(config.method)
+    tokenizer = load_tokenizer(start.start_model)
+    torch.manual_seed(config.seed)
+    weights = str(start.resume_from) if start.resume_from else start.start_model
+    model = load_model(weights, seed=config.seed).to(processes.device)
+    model.train(config.dropout)
+    objective = None if objective_name is None else Objective(objective_name, beta=config.beta, delta=config.delta)
+    reference = None
+    if objective is not None and objective.needs_reference:
+        reference = load_model(start.start_model).to(processes.device).eval().requires_grad_(False)
+    if config.strategy == "fsdp":
+        model = shard_model(model)
+        if reference is not None: reference = shard_model(reference)
+    data = prepare_data(config, tokenizer, verbose=processes.is_main)
+    streams = _streams(config, data)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup_steps = round(config.warmup_ratio * config.steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, config.steps)
+    blocks, param_blocks = parameter_blocks([n for n, p in model.named_parameters() if p.requires_grad])
+    gradients = ShardedGradients if config.strategy == "fsdp" else FlatGradients
+    grads = gradients(params, processes, param_blocks)
+    per_parameter = config.granularity == "param" or config.strategy == "fsdp"
+    row_blocks = torch.tensor(grads.row_blocks(per_parameter), device=processes.device)
+    step = 0
+    if start.resume_from: step = load_trainer_state(start.resume_from, model, optimizer, scheduler, streams)
+    if processes.is_main: _write_run_start(config, processes, start, blocks, step)
+    return Run(config, processes, model, tokenizer, optimizer, scheduler, data, streams,
+               make_tasks(objective, reference, tokenizer.pad_token_id), grads, params, blocks, row_blocks,
+               per_parameter, rule, step)
+
+# %% ../nbs/03_train.ipynb #8f7ae345
 def _global_micro_batches(stream:IndexStream, config:TrainConfig, processes:Processes) -> list[list[int]]:
     return [stream.take(config.batch_size * processes.world_size) for _ in range(config.grad_accum)]
 
@@ -369,135 +482,154 @@ def _local(indices:list[int], processes:Processes) -> list[int]:
     return indices[processes.rank * size:(processes.rank + 1) * size]
 
 def _input_tokens(examples:list[dict]) -> int:
-    return sum(len(e["chosen"]["input_ids"]) + len(e["rejected"]["input_ids"]) if "chosen" in e else len(e["input_ids"]) for e in examples)
+    "Tokens fed to the model (both sides of a pair)."
+    sides = lambda e: [e["chosen"], e["rejected"]] if "chosen" in e else [e]
+    return sum(len(side["input_ids"]) for e in examples for side in sides(e))
 
-def _token_count(examples:list[dict]) -> int: return sum(map(completion_token_count, examples))
+def backward_task(run:Run, name:str, task:Task) -> tuple[torch.Tensor, int]:
+    "Backward one task over the step's micro-batches into its own gradient buffer: its loss, its input tokens."
+    examples = getattr(run.data, task.examples)
+    micro_batches = _global_micro_batches(run.streams[task.examples], run.config, run.processes)
+    global_batches = [[examples[i] for i in indices] for indices in micro_batches]
+    local_batches = [_local(batch, run.processes) for batch in global_batches]
+    counts = [task.count(batch) for batch in local_batches]
+    step_count = sum(task.count(batch) for batch in global_batches)
+    run.grads.start(name)
+    loss = accumulate(task.loss, local_batches, counts, step_count, task.collate, run.model, run.config,
+                      run.processes)
+    run.grads.finish(name)
+    return loss, sum(_input_tokens(batch) for batch in global_batches)
 
-def _tasks(objective:Objective|None, reference, pad_token_id:int) -> dict:
-    "For each task: its data stream, loss, what the loss averages over, and how to collate it."
-    if objective is None:
-        return {"forget": ("mixed", ntp_loss, _token_count, lambda ex: collate(ex, pad_token_id))}
-    return {"forget": ("forget", lambda m, b: objective.forget_loss(m, b, reference), objective.forget_count,
-                       lambda ex: collate_pairs(ex, pad_token_id)),
-            "retain": ("retain", objective.retain_loss, _token_count, lambda ex: collate(ex, pad_token_id))}
+def combine_and_clip(run:Run) -> dict[str, torch.Tensor]:
+    "Combine the task gradients with the rule (unlearning), install and clip the update; its statistics, on device."
+    statistics = {}
+    if run.rule is not None:
+        config = run.config
+        group = dist.group.WORLD if config.strategy == "fsdp" else None
+        update, statistics = combine_gradients(
+            run.grads.tensors("forget", run.per_parameter), run.grads.tensors("retain", run.per_parameter),
+            run.rule, forget_weight=config.forget_weight, retain_weight=config.retain_weight,
+            granularity=config.granularity, group=group,
+            check_finite=False, per_tensor=True)  # checked with the losses, in the step's one host read
+        per_tensor = statistics.pop("per_tensor")
+        cosine, conflict = layer_statistics(per_tensor, run.row_blocks, len(run.blocks), is_elementwise(run.rule))
+        statistics |= {"layer_cosine": cosine, "layer_conflict": conflict}
+        run.grads.install(update, run.per_parameter)
+    limit = run.config.max_grad_norm if run.config.max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, limit)
+    grad_norm = local_tensor(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    return {"grad_norm": grad_norm} | statistics
 
+def read_on_host(tensors:dict[str, torch.Tensor]) -> dict[str, float|list[float]]:
+    "Every tensor in one device-to-host copy (a step's one sync): 0-dim tensors as floats, others as lists."
+    device = next(iter(tensors.values())).device
+    flat = torch.cat([t.detach().float().reshape(-1).to(device) for t in tensors.values()]).tolist()
+    values, start = {}, 0
+    for name, tensor in tensors.items():
+        values[name] = flat[start] if tensor.dim() == 0 else flat[start:start + tensor.numel()]
+        start += tensor.numel()
+    return values
+
+def read_statistics(run:Run, losses:dict[str, torch.Tensor], statistics:dict[str, torch.Tensor]) -> dict:
+    "The step's numbers on the host: each task's loss (averaged over processes), then the statistics."
+    stacked = torch.stack(list(losses.values()))
+    if run.processes.distributed: dist.all_reduce(stacked, op=dist.ReduceOp.AVG)
+    names = ["loss"] if run.rule is None else [f"{task}_loss" for task in losses]
+    return read_on_host(dict(zip(names, stacked.unbind())) | statistics)
+
+class NonFiniteError(FloatingPointError):
+    "A loss or the update became NaN or infinite; the update was not applied."
+
+def refuse_non_finite(record:dict, run:Run, step:int, last_good:Path|None):
+    "Stop before a non-finite update is applied, naming what broke and the last good checkpoint."
+    watched = [k for k in record if k.endswith("loss")] + ["grad_norm"]
+    bad = [k for k in watched if not math.isfinite(record[k])]
+    if not bad: return
+    where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written before it"
+    values = ", ".join(f"{k}={record[k]}" for k in bad)
+    raise NonFiniteError(f"{', '.join(bad)} became non-finite at step {step} of {run.config.method} ({values}); "
+                         f"the update was not applied and {where}. Lower lr or forget_weight, or check the data")
+
+# %% ../nbs/03_train.ipynb #d9e7cd3e
+def log_step(run:Run, bar, step:int, lr:float, record:dict, tokens:int, elapsed:float):
+    "Append the step's metrics line (main process) and show its losses on the progress bar."
+    if not run.processes.is_main: return
+    line = {"step": step, "lr": lr} | record | {"tokens": tokens, "tokens_per_s": tokens / elapsed,
+                                                "step_time_s": elapsed}
+    append_jsonl(run.path / METRICS_FILE, line)
+    bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k.endswith("loss")})
+
+def save_step_checkpoint(run:Run, step:int) -> Path:
+    "Checkpoint after `step` (the metrics up to it made durable first) and prune older checkpoints."
+    target = step_checkpoint(run.path, step)
+    if run.processes.is_main: sync_file(run.path / METRICS_FILE)
+    save_checkpoint(target, run.model, run.tokenizer, run.optimizer, run.scheduler, run.streams, step,
+                    run.processes)
+    if run.processes.is_main: prune_checkpoints(run.path, run.config.keep_checkpoints)
+    return target
+
+def finish_run(run:Run, launched:float):
+    "The final checkpoint (weights and state only), step checkpoints removed, summary.json."
+    save_checkpoint(final_checkpoint(run.path), run.model, run.tokenizer, run.optimizer, run.scheduler,
+                    run.streams, run.config.steps, run.processes, trainer_state=False)
+    if not run.processes.is_main: return
+    prune_checkpoints(run.path, 0)
+    summary = run_summary(run.path, run.processes, run.start_step, time.perf_counter() - launched)
+    write_json_atomic(run.path / SUMMARY_FILE, summary)
+
+def _checkpoint_due(config:TrainConfig, step:int) -> bool:
+    return bool(config.save_every) and step % config.save_every == 0 and step < config.steps
+
+# %% ../nbs/03_train.ipynb #30dfad4e
 def train(config:TrainConfig, progress:bool=True) -> Path:
     "Run `config.method` to completion in this process (one of several under torchrun); return the run directory."
     launched = time.perf_counter()
     processes = init_processes(config.strategy, config.device)
-    objective_name, rule = parse_method(config.method)
-    finetuning = objective_name is None
-    run_path = config.path
-    resume_from = check_resumable(config)
-    if is_finished(run_path):
-        if processes.is_main: print(f"{run_path} is finished; nothing to do")
-        return run_path
-    start_model = config.model if finetuning else str(final_checkpoint(config.base().path))
-
-    # model, reference, tokenizer and data
-    tokenizer = load_tokenizer(config.model if finetuning else start_model)
-    torch.manual_seed(config.seed)
-    model = load_model(str(resume_from) if resume_from else start_model, seed=config.seed).to(processes.device)
-    model.train(config.dropout)
-    objective = None if finetuning else Objective(objective_name, beta=config.beta, delta=config.delta)
-    reference = None
-    if objective is not None and objective.needs_reference:
-        reference = load_model(start_model).to(processes.device).eval().requires_grad_(False)
-    if config.strategy == "fsdp":
-        model = shard_model(model)
-        if reference is not None: reference = shard_model(reference)
-    data = prepare_data(config, tokenizer, verbose=processes.is_main)
-    pad = tokenizer.pad_token_id
-    streams = {"mixed": IndexStream(len(data.mixed), config.seed)} if finetuning else \
-              {"forget": IndexStream(len(data.forget), config.seed, 1), "retain": IndexStream(len(data.retain), config.seed, 2)}
-
-    # optimizer, schedule, gradient buffers
-    from transformers import get_cosine_schedule_with_warmup
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(config.warmup_ratio * config.steps), config.steps)
-    blocks, param_blocks = parameter_blocks([n for n, p in model.named_parameters() if p.requires_grad])
-    grads = (ShardedGradients if config.strategy == "fsdp" else FlatGradients)(params, processes, param_blocks)
-    per_parameter = config.granularity == "param" or config.strategy == "fsdp"
-    row_blocks = torch.tensor(grads.row_blocks(per_parameter), device=processes.device)
-    start_step = load_trainer_state(resume_from, model, optimizer, scheduler, streams) if resume_from else 0
-
-    # the run directory: config, metrics (cut back to the checkpoint when resuming)
-    if processes.is_main:
-        run_path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_path / "config.json", asdict(config) | {"start_model": start_model, "world_size": processes.world_size,
-                                                                      "layers": blocks, "versions": library_versions()})
-        kept = [m for m in read_metrics(run_path) if m["step"] <= start_step]
-        (run_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
-    last_good = resume_from
-
-    from tqdm.auto import tqdm
-    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=config.method,
-               disable=not (progress and processes.is_main))
-    tasks = _tasks(objective, reference, pad)
-    for step in bar:
-        started = time.perf_counter()
-        task_losses, n_tokens = {}, 0
-        for task, (stream_name, loss_fn, count_fn, collate_fn) in tasks.items():
-            examples = getattr(data, stream_name)
-            global_batches = [[examples[i] for i in idx] for idx in _global_micro_batches(streams[stream_name], config, processes)]
-            local_batches = [_local(b, processes) for b in global_batches]
-            n_tokens += sum(_input_tokens(b) for b in global_batches)
-            grads.start(task)
-            task_losses[task] = accumulate(loss_fn, local_batches, [count_fn(b) for b in local_batches],
-                                           sum(count_fn(b) for b in global_batches), collate_fn, model, config, processes)
-            grads.finish(task)
-
-        # combine the two task gradients (unlearning) and clip the update
-        stats, layers = {}, []
-        if not finetuning:
-            update, stats = combine_gradients(grads.tensors("forget", per_parameter), grads.tensors("retain", per_parameter), rule,
-                                              forget_weight=config.forget_weight, retain_weight=config.retain_weight,
-                                              granularity=config.granularity, group=dist.group.WORLD if config.strategy == "fsdp" else None,
-                                              check_finite=False, per_tensor=True)  # checked below, with the losses, in the one read per step
-            layers = layer_statistics(stats.pop("per_tensor"), row_blocks, len(blocks), is_elementwise(rule))
-            grads.install(update, per_parameter)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
-        grad_norm = local_tensor(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-
-        # one read of every statistic; refuse a non-finite step before applying it
-        losses = torch.stack([task_losses[t] for t in task_losses])
-        if processes.distributed: dist.all_reduce(losses, op=dist.ReduceOp.AVG)
-        names = [f"{t}_loss" if not finetuning else "loss" for t in task_losses] + ["grad_norm"] + list(stats)
-        values = torch.cat([losses, grad_norm.float().reshape(1).to(losses.device)] + [v.float().reshape(1).to(losses.device) for v in stats.values()]
-                           + [v.float().to(losses.device) for v in layers]).tolist()
-        record = dict(zip(names, values[:len(names)]))
-        if layers: record |= {"layer_cosine": values[len(names):len(names) + len(blocks)], "layer_conflict": values[len(names) + len(blocks):]}
-        bad = [k for k in names[:len(task_losses) + 1] if not math.isfinite(record[k])]
-        if bad:
-            where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written before it"
-            raise NonFiniteError(f"{', '.join(bad)} became non-finite at step {step + 1} of {config.method} "
-                                 f"({', '.join(f'{k}={record[k]}' for k in bad)}); the update was not applied and {where}. "
-                                 f"Lower lr or forget_weight, or check the data")
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        elapsed = time.perf_counter() - started
-
-        if processes.is_main:
-            record = {"step": step + 1, "lr": lr} | record | {"tokens": n_tokens, "tokens_per_s": n_tokens / elapsed, "step_time_s": elapsed}
-            with open(run_path / "metrics.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
-            bar.set_postfix({k: f"{record[k]:.3g}" for k in names[:len(task_losses)]})
-        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
-            last_good = run_path / "checkpoints" / f"step-{step + 1}"
-            save_checkpoint(last_good, model, tokenizer, optimizer, scheduler, streams, step + 1, processes)
-            if processes.is_main: prune_checkpoints(run_path, config.keep_checkpoints)
-    save_checkpoint(final_checkpoint(run_path), model, tokenizer, optimizer, scheduler, streams, config.steps, processes, trainer_state=False)
-    if processes.is_main:
-        prune_checkpoints(run_path, 0)
-        write_json_atomic(run_path / SUMMARY_FILE, run_summary(run_path, processes, start_step, time.perf_counter() - launched))
-    return run_path
+    with contextlib.ExitStack() as held:  # the run directory's lock, on the main process
+        start = on_main(processes, lambda: claim_run_dir(config, held))
+        if start.finished:
+            if processes.is_main: print(f"{config.path} is finished; nothing to do")
+            return config.path
+        run = setup_run(config, processes, start)
+        last_good = start.resume_from
+        bar = tqdm(range(run.start_step, config.steps), initial=run.start_step, total=config.steps,
+                   desc=config.method, disable=not (progress and processes.is_main))
+        for step in bar:
+            started = time.perf_counter()
+            losses, tokens = {}, 0
+            for name, task in run.tasks.items():
+                losses[name], task_tokens = backward_task(run, name, task)
+                tokens += task_tokens
+            statistics = combine_and_clip(run)
+            record = read_statistics(run, losses, statistics)  # the step's one host sync
+            refuse_non_finite(record, run, step + 1, last_good)
+            lr = run.scheduler.get_last_lr()[0]
+            run.optimizer.step()
+            run.scheduler.step()
+            log_step(run, bar, step + 1, lr, record, tokens, time.perf_counter() - started)
+            if _checkpoint_due(config, step + 1): last_good = save_step_checkpoint(run, step + 1)
+        finish_run(run, launched)
+    return config.path
 
 # %% ../nbs/03_train.ipynb #c2fc9103
+def worker(argv:list[str]|None=None):
+    "A torchrun worker (what `launch` starts): `run` the TrainConfig saved in `--config`."
+    parser = argparse.ArgumentParser(description="Run one toxigs training job in this torchrun worker.")
+    parser.add_argument("--config", required=True, help="a JSON file with the fields of toxigs.train.TrainConfig")
+    args = parser.parse_args(argv)
+    run(TrainConfig(**read_json(args.config)))
+    if dist.is_initialized(): dist.destroy_process_group()
+
+def launch_workers(config:TrainConfig):
+    "Run `config` in `config.nproc` torchrun workers on this machine and wait for them."
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f: json.dump(asdict(config), f)
+    try: launch("toxigs.train:worker", ["--config", f.name], config.nproc)
+    finally: os.unlink(f.name)
+
 def run(config:TrainConfig, progress:bool=True) -> Path:
     "Fine-tune the base if it is missing, then run `config.method`; return the run directory."
     if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        launch(config, config.nproc)
+        launch_workers(config)
         return config.path
     if config.method != FINETUNE and not is_finished(config.base().path):
         train(config.base(), progress)
