@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from toxigs.analysis import summarize_experiment
-from toxigs.evaluate import RESULTS_FILE, evaluate_run
+from toxigs.evaluate import RESULTS_FILE, check_evaluation_arguments, evaluate_run
 from toxigs.train import TrainConfig, run
 
 PAPER_METHODS = ["graddiff", "graddiff_pcgrad", "idkdpo", "idkdpo_pcgrad"]
@@ -58,13 +58,15 @@ def main(argv=None):
     evaluation = dict(scorer=args.scorer, utility_text=args.utility_text, k=args.k, n_prompts=args.n_prompts,
                       max_documents=args.max_documents, n_membership=args.n_membership,
                       prompt_groups=args.prompt_groups, extra_scorers=args.extra_scorers, device=args.device)
+    # every configuration and the evaluation settings are checked before anything is trained
+    configs = [TrainConfig(run_dir=args.run_dir, method=method, seed=seed, device=args.device, **overrides)
+               for seed in args.seeds for method in args.methods]
+    check_evaluation_arguments(**evaluation)
     started = time.time()
     runs = []
-    for seed in args.seeds:
-        for method in args.methods:
-            config = TrainConfig(run_dir=args.run_dir, method=method, seed=seed, device=args.device, **overrides)
-            runs.append(run(config, progress=False))
-            print(f"{config.path}: trained")
+    for config in configs:
+        runs.append(run(config, progress=False))
+        print(f"{config.path}: trained")
     runs.insert(0, TrainConfig(run_dir=args.run_dir, **overrides).base().path)
     for path in runs:
         if (path / RESULTS_FILE).exists():
@@ -85,4 +87,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try: main()
+    except (ValueError, FileNotFoundError) as error:  # a bad setting or path: one line, not a traceback
+        sys.exit(f"sweep: {error}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import itertools
 import json
 import tempfile
@@ -562,7 +563,7 @@ def evaluate_run(run_dir:str|Path, # a run directory: config.json and checkpoint
                 ) -> dict:
     "Toxicity, word perplexity and membership inference of a run's checkpoint; writes results.json and generations.jsonl into the run directory."
     arguments = dict(locals())
-    check_evaluation_arguments(arguments)
+    check_evaluation_arguments(**{name: arguments[name] for name in _EVALUATION_SETTINGS})
     run_path = Path(run_dir)
     config = read_run_config(run_path)
     checkpoint_path = checkpoints_dir(run_path) / checkpoint
@@ -574,8 +575,11 @@ _EVALUATION_SETTINGS = ("scorer", "k", "max_new_tokens", "top_p", "temperature",
                         "score_batch_size", "nll_batch_size", "ppl_batch_size", "max_length", "stride", "utility_text",
                         "max_documents", "n_membership", "prompt_groups", "extra_scorers", "device", "checkpoint", "verbose")
 
-def check_evaluation_arguments(arguments:dict):
-    "Refuse a bad argument of `evaluate_run` before anything is loaded, naming it and what is allowed."
+def check_evaluation_arguments(**settings):
+    "Refuse a bad argument of `evaluate_run` (those not given take its defaults) before anything is loaded."
+    bound = inspect.signature(evaluate_run).bind("run_dir", **settings)
+    bound.apply_defaults()
+    arguments = bound.arguments
     for name in ("k", "max_new_tokens", "generation_batch_size", "score_batch_size", "nll_batch_size", "ppl_batch_size", "stride"):
         check_number(name, arguments[name], 1, integer=True)
     check_number("max_length", arguments["max_length"], 3, integer=True)
