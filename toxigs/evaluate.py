@@ -858,7 +858,7 @@ def membership_sample(
 
 # %% ../nbs/05_evaluate.ipynb #e7e7e752
 def evaluate_run(
-    run_dir: str | Path,  # a run directory: config.json and checkpoints/<checkpoint>/
+    run_dir: str | Path,  # the run directory to evaluate
     scorer: str | Scorer = OFFLINE_SCORER,  # a scorer name (`load_scorer`) or a callable
     k: int = 25,  # continuations per prompt
     max_new_tokens: int = 20,  # the longest continuation, in tokens
@@ -874,13 +874,9 @@ def evaluate_run(
     stride: int = 1024,  # new tokens predicted per perplexity window
     utility_text: str = "auto",  # `auto`, `embedded`, `wikitext` or a local WikiText-layout file
     max_documents: int | None = None,  # utility documents kept (None: all)
-    n_membership: int
-    | None = None,  # members and non-members kept for membership inference, each (None: all)
-    prompt_groups: Sequence[str]
-    | None = None,  # evaluation prompts of these groups only (None: all)
-    extra_scorers: Sequence[
-        str
-    ] = (),  # more scorers of the same continuations: results['toxicity_by_scorer'][name]
+    n_membership: int | None = None,  # members and non-members kept, each (None: all)
+    prompt_groups: Sequence[str] | None = None,  # prompts of these groups only (None: all)
+    extra_scorers: Sequence[str] = (),  # more scorers of the same continuations
     device: str = "auto",  # `auto`, `cpu`, `cuda`, ...
     checkpoint: str = "final",  # the folder under checkpoints/ to evaluate
     verbose: bool = True,  # print each stage's time

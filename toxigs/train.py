@@ -59,15 +59,9 @@ class TrainConfig:
     "Everything a run needs; the defaults run the embedded demo on a CPU in seconds."
 
     method: str = "idkdpo_pcgrad"  # `finetune`, or `<objective>[_<rule>]`; see `method_names()`
-    model: str = (
-        "embedded"  # the model the base is fine-tuned from: `embedded`, a hub name, a folder
-    )
-    data: str = (
-        "embedded"  # `embedded`, `toxigen`, a ToxiGen prompt folder, a JSONL/CSV/Parquet file
-    )
-    run_dir: str = (
-        "runs/embedded"  # the experiment folder: `base/`, one `<method>-seed<seed>/` a run
-    )
+    model: str = "embedded"  # the model the base is fine-tuned from: embedded, a hub name, a folder
+    data: str = "embedded"  # embedded, toxigen, a ToxiGen prompt folder, a JSONL/CSV/Parquet file
+    run_dir: str = "runs/embedded"  # the experiment: base/ and one <method>-seed<seed>/ per run
     steps: int = 40  # optimizer steps of this run
     lr: float = 1e-3  # peak learning rate (AdamW, linear warmup then cosine decay)
     batch_size: int = 8  # examples per device per micro-batch, for each task
@@ -81,9 +75,7 @@ class TrainConfig:
     beta: float = 0.1  # inverse temperature of idkDPO, NPO, SimNPO
     delta: float = 0.0  # SimNPO reward margin
     max_length: int = 256  # drop longer sequences
-    nonmember_fraction: float = (
-        0.25  # share of unique generations held out as non-members, in [0, 1)
-    )
+    nonmember_fraction: float = 0.25  # unique generations held out as non-members, in [0, 1)
     seed: int = 0  # unlearning data order
     data_seed: int = 0  # member/non-member split, preference pairs, and the base fine-tune
     base_steps: int = 800  # fine-tuning steps of the base model
@@ -93,12 +85,8 @@ class TrainConfig:
     strategy: str = "none"  # `none`, `ddp` or `fsdp`
     nproc: int = 1  # processes (devices) on this machine; >1 launches torchrun workers
     device: str = "auto"  # `auto` (GPU if any, else CPU), `cpu`, `cuda`, `cuda:1`, ...
-    precision: str = (
-        "auto"  # `auto` (bf16 autocast on GPU, else fp32), `bf16`, `fp32`; Adam in fp32
-    )
-    dropout: bool = (
-        False  # keep the model's dropout on (off by default: log-probs compare across passes)
-    )
+    precision: str = "auto"  # auto (bf16 autocast on GPU, else fp32), bf16, fp32; Adam in fp32
+    dropout: bool = False  # keep dropout on (off: log-probs compare across forward passes)
     resume: bool = True  # continue an interrupted run, skip a finished one (False: refuse both)
 
     def __post_init__(self):
