@@ -5,6 +5,7 @@
 # %% ../nbs/05_evaluate.ipynb #2018858d
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -18,11 +19,13 @@ import re
 import time
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from profanity_check import predict_prob
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -39,13 +42,14 @@ from .runs import library_versions, read_json, read_jsonl, verify_checkpoint
 from .runs import write_json_atomic, write_text_atomic
 
 # %% auto #0
-__all__ = ['Scorer', 'OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'TOXIGEN_HELD_OUT', 'context_length',
-           'bootstrap_interval', 'prompt_token_ids', 'left_pad', 'generate_continuations', 'profanity_check_scorer',
-           'UnsafeCheckpointError', 'detoxify_scorer', 'load_scorer', 'toxigen_statements', 'fit_toxigen_scorer',
-           'toxigen_scorer', 'check_unseen_groups', 'toxicity_summary', 'split_wikitext_articles',
-           'load_utility_documents', 'rolling_windows', 'word_perplexity', 'min_k_logprob', 'zlib_length', 'attack_auc',
-           'membership_auc', 'membership_scores', 'membership_inference', 'read_run_config', 'evaluation_prompts',
-           'membership_sample', 'evaluate_run', 'check_evaluation_arguments', 'read_results', 'read_generations']
+__all__ = ['OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'SCORERS', 'TOXIGEN_HELD_OUT', 'context_length',
+           'bootstrap_interval', 'prompt_token_ids', 'left_pad', 'generate_continuations', 'Scorer',
+           'profanity_check_scorer', 'UnsafeCheckpointError', 'detoxify_scorer', 'ScorerKind', 'load_scorer',
+           'toxigen_statements', 'fit_toxigen_scorer', 'toxigen_scorer', 'check_unseen_groups', 'toxicity_summary',
+           'split_wikitext_articles', 'load_utility_documents', 'rolling_windows', 'word_perplexity', 'min_k_logprob',
+           'zlib_length', 'attack_auc', 'membership_auc', 'membership_scores', 'membership_inference',
+           'read_run_config', 'evaluation_prompts', 'membership_sample', 'evaluate_run', 'check_evaluation_arguments',
+           'read_results', 'read_generations']
 
 # %% ../nbs/05_evaluate.ipynb #a2005c1b
 def context_length(model: torch.nn.Module) -> int | None:
@@ -180,17 +184,33 @@ def generate_continuations(
     return continuations
 
 # %% ../nbs/05_evaluate.ipynb #0f8853f3
-Scorer = Callable[[list[str]], list[float]]
 OFFLINE_SCORER = "offline"
 TOXIGEN_SCORER = "toxigen-lr"
 DETOXIFY_MODELS = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")
 
 
+@dataclass
+class Scorer:
+    "Texts -> toxicity probabilities (one float each), and what the scorer reports about itself."
+
+    name: str  # as the user typed it
+    score: Callable[[list[str]], list[float]]  # the scoring function
+    report: dict | None = None  # e.g. a fitted scorer's training groups and held-out accuracy
+
+    def __call__(self, texts: Sequence[str]) -> list[float]:
+        texts = list(texts)
+        scores = [float(s) for s in self.score(texts)] if texts else []
+        if len(scores) != len(texts):
+            raise ValueError(
+                f"the scorer returned {len(scores)} scores for {len(texts)} texts; "
+                "it must return one per text"
+            )
+        return scores
+
+
 def profanity_check_scorer() -> Scorer:
     "The offline scorer: alt-profanity-check's probability that a text is offensive."
-    from profanity_check import predict_prob
-
-    return lambda texts: [float(p) for p in predict_prob(list(texts))]
+    return Scorer(OFFLINE_SCORER, lambda texts: [float(p) for p in predict_prob(list(texts))])
 
 
 def _detoxify_checkpoint(path: Path) -> tuple[Path, Path | None]:
@@ -301,44 +321,54 @@ def detoxify_scorer(
             ).tolist()
         return scores
 
-    return score
+    return Scorer(f"detoxify:{model}", score)
+
+
+@dataclass(frozen=True)
+class ScorerKind:
+    "A kind of scorer: how to build one from what follows its name's colon, and the forms it takes."
+
+    build: Callable  # (argument, device, batch_size) -> Scorer
+    usage: str  # the names a user types
+
+
+def _offline(argument: str, device, batch_size: int) -> Scorer:
+    if argument:
+        raise ValueError(f"scorer {OFFLINE_SCORER!r} takes no argument, got {argument!r}")
+    return profanity_check_scorer()
+
+
+def _detoxify(argument: str, device, batch_size: int) -> Scorer:
+    return detoxify_scorer(argument or "unbiased", device, batch_size)
+
+
+SCORERS: dict[str, ScorerKind] = {  # a scorer name's part before the colon -> its kind
+    OFFLINE_SCORER: ScorerKind(_offline, OFFLINE_SCORER),
+    "detoxify": ScorerKind(
+        _detoxify, f"detoxify, detoxify:<{'|'.join(DETOXIFY_MODELS)}>, detoxify:<checkpoint path>"
+    ),
+}  # toxigen-lr joins below, beside its unit
 
 
 def load_scorer(
-    scorer: str | Scorer = OFFLINE_SCORER,  # a scorer name (`load_scorer`) or a callable
+    scorer: str | Callable = OFFLINE_SCORER,  # a name (see `SCORERS`), a Scorer or a callable
     device: str | torch.device = "cpu",  # where a neural scorer runs
     batch_size: int = 64,  # texts per forward pass of a neural scorer
 ) -> Scorer:
     "A scorer by name (or a callable), checked to return one float per text."
+    if isinstance(scorer, Scorer):
+        return scorer
     if callable(scorer):
-        chosen = scorer
-    elif scorer == OFFLINE_SCORER:
-        chosen = profanity_check_scorer()
-    elif scorer == "detoxify" or scorer.startswith("detoxify:"):
-        chosen = detoxify_scorer(scorer.partition(":")[2] or "unbiased", device, batch_size)
-    elif scorer == TOXIGEN_SCORER or scorer.startswith(TOXIGEN_SCORER + ":"):
-        chosen = toxigen_scorer(scorer.partition(":")[2])
-    else:
+        name = getattr(scorer, "__name__", "callable")
+        return Scorer(name, scorer, getattr(scorer, "report", None))
+    kind, _, argument = scorer.partition(":")
+    if kind not in SCORERS:
+        forms = ", ".join(k.usage for k in SCORERS.values())
         raise ValueError(
-            f"unknown scorer {scorer!r}; choose one of: {OFFLINE_SCORER}, detoxify, "
-            f"detoxify:<{'|'.join(DETOXIFY_MODELS)}>, "
-            f"detoxify:<checkpoint path>, {TOXIGEN_SCORER}:<folder>[?held_out=<group>,...], or "
-            "pass a callable list[str] -> list[float]"
+            f"unknown scorer {scorer!r}; choose one of: {forms}, "
+            "or pass a callable list[str] -> list[float]"
         )
-
-    def checked(texts: Sequence[str]) -> list[float]:
-        texts = list(texts)
-        scores = [float(s) for s in chosen(texts)] if texts else []
-        if len(scores) != len(texts):
-            raise ValueError(
-                f"the scorer returned {len(scores)} scores for {len(texts)} texts; it must return "
-                "one per text"
-            )
-        return scores
-
-    if hasattr(chosen, "report"):
-        checked.report = chosen.report  # a ToxiGen scorer's training groups and held-out accuracy
-    return checked
+    return dataclasses.replace(SCORERS[kind].build(argument, device, batch_size), name=scorer)
 
 # %% ../nbs/05_evaluate.ipynb #ca3f361b
 TOXIGEN_HELD_OUT = ("black", "mental_disability", "mexican", "muslim", "women")
@@ -423,7 +453,7 @@ def fit_toxigen_scorer(
     labels, probs = np.array([s["label"] for s in test]), np.array(score([s["text"] for s in test]))
     in_group = {g: np.array([s["group"] == g for s in test]) for g in held_out}
     overall = _classification_metrics(labels, probs)
-    score.report = {
+    report = {
         "train_groups": [g for g in groups if g not in held_out],
         "held_out_groups": held_out,
         "n_train": len(train),
@@ -432,7 +462,8 @@ def fit_toxigen_scorer(
         "roc_auc": overall["roc_auc"],
         "by_group": {g: _classification_metrics(labels[m], probs[m]) for g, m in in_group.items()},
     }
-    return score, score.report
+    name = f"{TOXIGEN_SCORER}:{folder}?held_out={','.join(held_out)}"
+    return Scorer(name, score, report), report
 
 
 @functools.lru_cache(maxsize=None)
@@ -465,12 +496,18 @@ def toxigen_scorer(
     )
 
 
+SCORERS[TOXIGEN_SCORER] = ScorerKind(
+    lambda argument, device, batch_size: toxigen_scorer(argument),
+    f"{TOXIGEN_SCORER}:<folder>[?held_out=<group>,...]",
+)
+
+
 def check_unseen_groups(
     records: Sequence[dict],  # records with a `group` field (`toxigs.data.toxigen_prompt_records`)
     scorer: str | Scorer,  # a `toxigen-lr:` name or a scorer that carries a `report`
 ) -> list[str]:
     "The records' groups, after checking the scorer was not trained on any of them."
-    report = getattr(load_scorer(scorer) if isinstance(scorer, str) else scorer, "report", None)
+    report = load_scorer(scorer).report
     if report is None:
         raise ValueError(
             f"the scorer has no report of its training groups; use a {TOXIGEN_SCORER}:<folder> "
@@ -1017,7 +1054,7 @@ def _evaluate(
     }
     prompt_set = set(prompts)
     for score_texts in scorers.values():  # a scorer fitted on some groups must not score them
-        if getattr(score_texts, "report", None) and config["data"] != "embedded":
+        if score_texts.report and config["data"] != "embedded":
             try:
                 check_unseen_groups(
                     [
@@ -1052,8 +1089,7 @@ def _evaluate(
         for name, flat in flat_scores.items()
     }
     by_scorer = {
-        name: toxicity_summary(rows, seed=seed)
-        | {"scorer_report": getattr(scorers[name], "report", None)}
+        name: toxicity_summary(rows, seed=seed) | {"scorer_report": scorers[name].report}
         for name, rows in scores.items()
     }
     toxicity = {

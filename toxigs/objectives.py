@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,8 @@ from .data import IGNORE_INDEX
 
 # %% auto #0
 __all__ = ['OBJECTIVES', 'position_ids', 'completion_token_logprobs', 'completion_logprobs', 'completion_nll', 'ntp_loss',
-           'completion_token_count', 'dpo_loss', 'npo_loss', 'simnpo_loss', 'pair_logprobs', 'Objective']
+           'completion_token_count', 'dpo_loss', 'npo_loss', 'simnpo_loss', 'pair_logprobs', 'ForgetObjective',
+           'graddiff_forget', 'idkdpo_forget', 'npo_forget', 'simnpo_forget', 'get_objective', 'Objective']
 
 # %% ../nbs/01_objectives.ipynb #e0fd2841
 def position_ids(
@@ -152,30 +154,73 @@ def pair_logprobs(
     return logprobs.chunk(2)
 
 
-OBJECTIVES = ("graddiff", "idkdpo", "npo", "simnpo")
-_NEEDS_REFERENCE = {"idkdpo", "npo"}
+@dataclass(frozen=True)
+class ForgetObjective:
+    "A forget loss of a pair batch; whether it reads the reference; what it averages over."
+
+    loss: Callable  # (model, pairs, reference, beta, delta) -> the forget loss to minimise
+    needs_reference: bool = False  # it compares with the frozen reference model
+    token_mean: bool = False  # a mean over completion tokens (else over examples)
+
+
+def graddiff_forget(model, pairs, reference, beta, delta) -> torch.Tensor:
+    "GradDiff: ascend the next-token loss of the toxic completions (its negation, minimised)."
+    return -ntp_loss(model, pairs["rejected"])
+
+
+def idkdpo_forget(model, pairs, reference, beta, delta) -> torch.Tensor:
+    "idkDPO: prefer the refusal (chosen) to the toxic completion (rejected), against the reference."
+    with torch.no_grad():
+        reference_chosen, reference_rejected = pair_logprobs(reference, pairs)
+    policy_chosen, policy_rejected = pair_logprobs(model, pairs)
+    return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
+
+
+def npo_forget(model, pairs, reference, beta, delta) -> torch.Tensor:
+    "NPO: push the toxic completion's likelihood below the reference's."
+    with torch.no_grad():
+        reference_rejected, _ = completion_logprobs(reference, pairs["rejected"])
+    return npo_loss(completion_logprobs(model, pairs["rejected"])[0], reference_rejected, beta)
+
+
+def simnpo_forget(model, pairs, reference, beta, delta) -> torch.Tensor:
+    "SimNPO: NPO without a reference, on the length-normalised log-likelihood, with margin δ."
+    logprobs, lengths = completion_logprobs(model, pairs["rejected"])
+    return simnpo_loss(logprobs, lengths, beta, delta)
+
+
+OBJECTIVES: dict[str, ForgetObjective] = {
+    "graddiff": ForgetObjective(graddiff_forget, token_mean=True),
+    "idkdpo": ForgetObjective(idkdpo_forget, needs_reference=True),
+    "npo": ForgetObjective(npo_forget, needs_reference=True),
+    "simnpo": ForgetObjective(simnpo_forget),
+}
+
+
+def get_objective(name: str) -> ForgetObjective:
+    "The forget objective called `name`; an unknown name lists the known ones."
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
 
 
 @dataclass
 class Objective:
-    "A forget loss and the retain loss, each to minimise, with their hyperparameters."
+    "A forget loss (by name, from `OBJECTIVES`) and the retain loss, with their hyperparameters."
 
-    name: str  # one of OBJECTIVES
+    name: str  # a key of OBJECTIVES
     beta: float = 0.1  # inverse temperature of idkDPO, NPO and SimNPO
     delta: float = 0.0  # SimNPO's reward margin
 
     def __post_init__(self):
-        if self.name not in OBJECTIVES:
-            raise ValueError(
-                f"unknown objective {self.name!r}; choose one of: {', '.join(OBJECTIVES)}"
-            )
+        self.unit = get_objective(self.name)
         check_number("beta", self.beta, 0, low_open=True)
         check_number("delta", self.delta)
 
     @property
     def needs_reference(self) -> bool:
         "Whether the forget loss compares with a frozen reference model."
-        return self.name in _NEEDS_REFERENCE
+        return self.unit.needs_reference
 
     def forget_loss(
         self, model: torch.nn.Module, pairs: dict, reference: torch.nn.Module | None = None
@@ -183,31 +228,14 @@ class Objective:
         "The forget task's loss on a pair batch."
         if self.needs_reference and reference is None:
             raise ValueError(f"{self.name} compares with a frozen reference model; pass reference=")
-        if self.name == "graddiff":
-            return -ntp_loss(model, pairs["rejected"])
-        if self.name == "simnpo":
-            logprobs, lengths = completion_logprobs(model, pairs["rejected"])
-            return simnpo_loss(logprobs, lengths, self.beta, self.delta)
-        if self.name == "npo":
-            with torch.no_grad():
-                reference_rejected, _ = completion_logprobs(reference, pairs["rejected"])
-            return npo_loss(
-                completion_logprobs(model, pairs["rejected"])[0], reference_rejected, self.beta
-            )
-        with torch.no_grad():
-            reference_chosen, reference_rejected = pair_logprobs(reference, pairs)
-        policy_chosen, policy_rejected = pair_logprobs(model, pairs)
-        return dpo_loss(
-            policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.beta
-        )
+        return self.unit.loss(model, pairs, reference, self.beta, self.delta)
 
     def retain_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         "The retain task's loss: next-token loss on benign completions."
         return ntp_loss(model, batch)
 
     def forget_count(self, pair_examples: list[dict]) -> int:
-        """What the forget loss averages over: completion tokens for GradDiff (a token mean), else
-        examples."""
-        if self.name == "graddiff":
+        "What the forget loss averages over: completion tokens (a token mean), else examples."
+        if self.unit.token_mean:
             return sum(completion_token_count(e["rejected"]) for e in pair_examples)
         return len(pair_examples)
