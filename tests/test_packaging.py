@@ -14,6 +14,10 @@ def test_wheel_ships_the_embedded_tokenizer(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "toxigs/assets/embedded-tokenizer/tokenizer.json" in names
     assert {"toxigs/data.py", "toxigs/models.py", "toxigs/objectives.py"} <= set(names)
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    for script in ("toxigs-train = toxigs.train:main", "toxigs-evaluate = toxigs.evaluate:main",
+                   "toxigs-sweep = toxigs.sweep:main", "toxigs-models = toxigs.models:main"):
+        assert script in entry_points, entry_points
 
 
 def test_modules_import_and_embedded_world_loads_offline(tmp_path):

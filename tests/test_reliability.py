@@ -170,11 +170,11 @@ def test_a_planted_scorer_checkpoint_is_refused_without_running_its_code(tmp_pat
 
 
 def test_the_sweep_checks_every_setting_before_it_trains(tmp_path):
-    sweep = Path(__file__).resolve().parents[1] / "scripts" / "sweep.py"
+    sweep = [sys.executable, "-c", "from toxigs.sweep import main; main()"]  # what toxigs-sweep runs
     for bad in (["--k", "0"], ["--methods", "idkdpo", "idkdpo_pcgard"], ["--warmup-ratio", "1.5"]):
-        out = subprocess.run([sys.executable, str(sweep), "--run-dir", str(tmp_path), *bad], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([*sweep, "--run-dir", str(tmp_path), *bad], capture_output=True, text=True, timeout=120)
         assert out.returncode != 0
         assert ("k must be a whole number" in out.stderr or "unknown method 'idkdpo_pcgard'" in out.stderr
                 or "warmup_ratio must be a number in [0, 1)" in out.stderr), out.stderr[-2000:]
-        assert "Traceback" not in out.stderr and out.stderr.startswith("sweep: "), out.stderr[-2000:]
+        assert "Traceback" not in out.stderr and out.stderr.startswith("toxigs-sweep: "), out.stderr[-2000:]
         assert not any(tmp_path.iterdir()), bad  # nothing was trained

@@ -5,11 +5,12 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SWEEP = [sys.executable, "-c", "from toxigs.sweep import main; main()"]  # what the toxigs-sweep script runs
 
 
 def test_sweep_trains_evaluates_and_renders_the_comparison(tmp_path):
     run_dir = tmp_path / "runs"
-    command = [sys.executable, str(REPO / "scripts" / "sweep.py"), "--run-dir", str(run_dir), "--methods", "idkdpo", "idkdpo_pcgrad",
+    command = [*SWEEP, "--run-dir", str(run_dir), "--methods", "idkdpo", "idkdpo_pcgrad",
                "--steps", "4", "--base-steps", "40", "--k", "2", "--n-prompts", "4"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable
+import sys
+from typing import Callable, Iterable
 
 # %% auto #0
-__all__ = ['check_number', 'check_choice', 'check_names', 'check_field_types']
+__all__ = ['BAD_INPUT', 'check_number', 'check_choice', 'check_names', 'check_field_types', 'run_command']
 
 # %% ../nbs/00_checks.ipynb #7fe553d9
 def _interval(low, high, low_open: bool, high_open: bool) -> str:
@@ -102,3 +103,19 @@ def check_field_types(
             raise ValueError(
                 f"{field.name} must be {field.type}, got {value!r} ({type(value).__name__})"
             )
+
+# %% ../nbs/00_checks.ipynb #0b5c647a
+BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError)
+
+
+def run_command(
+    program: str,  # the command's name, first on its error line
+    main: Callable[[], object],  # the work, with its parsed arguments
+):
+    "Run `main`; a bad input (`BAD_INPUT`, or an error marked `bad_input`) exits with one line."
+    try:
+        return main()
+    except Exception as error:
+        if not isinstance(error, BAD_INPUT) and not getattr(error, "bad_input", False):
+            raise
+        sys.exit(f"{program}: {error}")

@@ -5,6 +5,7 @@
 # %% ../nbs/05_evaluate.ipynb #2018858d
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import importlib.util
@@ -33,10 +34,11 @@ from sklearn.pipeline import make_pipeline, make_union
 
 from .data import IGNORE_INDEX, collate, embedded_eval_prompts, embedded_utility_documents
 from .data import encode_completion, load_records, split_records, toxigen_prompt_lines
-from .checks import check_names, check_number
+from .checks import check_names, check_number, run_command
 from .distributed import check_device, pick_device
 from .models import load_model, load_tokenizer
 from .objectives import completion_logprobs, completion_token_logprobs
+from .parameters import add_parameter_flags
 from .runs import CONFIG_FILE, GENERATIONS_FILE, RESULTS_FILE, RunLock, checkpoints_dir
 from .runs import library_versions, read_json, read_jsonl, verify_checkpoint
 from .runs import write_json_atomic, write_text_atomic
@@ -49,7 +51,7 @@ __all__ = ['OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'SCORERS', 'TO
            'split_wikitext_articles', 'load_utility_documents', 'rolling_windows', 'word_perplexity', 'min_k_logprob',
            'zlib_length', 'attack_auc', 'membership_auc', 'membership_scores', 'membership_inference',
            'read_run_config', 'evaluation_prompts', 'membership_sample', 'evaluate_run', 'check_evaluation_arguments',
-           'read_results', 'read_generations']
+           'read_results', 'read_generations', 'main']
 
 # %% ../nbs/05_evaluate.ipynb #a2005c1b
 def context_length(model: torch.nn.Module) -> int | None:
@@ -230,6 +232,8 @@ def _detoxify_checkpoint(path: Path) -> tuple[Path, Path | None]:
 
 class UnsafeCheckpointError(RuntimeError):
     "A checkpoint that only a full unpickle, which can run code it holds, could read."
+
+    bad_input = True  # a command ends it with one line
 
 
 def _weights_only(load: Callable, what: str) -> dict:
@@ -1185,3 +1189,17 @@ def read_generations(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; {_EVALUATE_FIRST}")
     return read_jsonl(path, torn_tail_ok=False)
+
+# %% ../nbs/05_evaluate.ipynb #a6bd76ea
+def main(argv: list[str] | None = None):
+    "`toxigs-evaluate RUN_DIR [--k 25 --scorer offline ...]`: `evaluate_run`, each argument a flag."
+    parser = argparse.ArgumentParser(prog="toxigs-evaluate", description=evaluate_run.__doc__)
+    parser.add_argument("run_dir", help="the run directory to evaluate")
+    add_parameter_flags(parser, evaluate_run, skip=["run_dir"])
+    settings = vars(parser.parse_args(argv))
+    results = run_command("toxigs-evaluate", lambda: evaluate_run(**settings))
+    print(
+        json.dumps(
+            {k: results[k] for k in ("run", "toxicity", "perplexity", "membership")}, indent=1
+        )
+    )

@@ -398,27 +398,14 @@ def offline_model_dir(
 
 # %% ../nbs/00a_models.ipynb #f349ae7f
 def main(argv: list[str] | None = None):
-    """`python -m toxigs.models gemma-3-270m-offline [--out DIR]`: make (once) the model's folder
-    and print it."""
+    "`toxigs-models gemma-3-270m-offline [--out DIR]`: make (once) the model's folder and print it."
     parser = argparse.ArgumentParser(
-        prog="python -m toxigs.models",
-        description="Convert an offline model into a Hugging Face folder (once) and print the "
-        "folder.",
+        prog="toxigs-models",
+        description="Convert an offline model into a Hugging Face folder (once) and print it.",
     )
     parser.add_argument("name", choices=OFFLINE_MODELS)
     parser.add_argument(
         "--out", help="the folder (default: gemma-3-270m in $TOXIGS_HOME, else in ~/.cache/toxigs)"
     )
     args = parser.parse_args(argv)
-    print(offline_model_dir(args.name, args.out))
-
-
-def _in_ipython() -> bool:
-    try:
-        return get_ipython() is not None  # noqa: F821
-    except NameError:
-        return False
-
-
-if __name__ == "__main__" and not _in_ipython():
-    main()
+    run_command("toxigs-models", lambda: print(offline_model_dir(args.name, args.out)))

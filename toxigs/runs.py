@@ -358,6 +358,8 @@ def resume_checkpoint(run_path: str | Path) -> Path | None:
 class RunLockedError(RuntimeError):
     "Another process is writing into this run directory."
 
+    bad_input = True  # a command ends it with one line
+
 
 class RunLock:
     "An exclusive lock on a run directory while this process writes into it (a context manager)."

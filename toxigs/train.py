@@ -28,12 +28,13 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .checks import check_choice, check_field_types, check_number
+from .checks import check_choice, check_field_types, check_number, run_command
 from .data import collate, collate_pairs, load_records, make_preference_pairs, split_records
 from .data import tokenize_pairs, tokenize_records
 from .distributed import Processes, check_device, check_strategy, init_processes, launch
 from .distributed import local_tensor, shard_model
 from .models import load_model, load_tokenizer, module_group
+from .parameters import add_parameter_flags
 from .objectives import Objective, completion_token_count, ntp_loss
 from .runs import CONFIG_FILE, FINETUNE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, TRAINER_FILE
 from .runs import RunLock, append_jsonl, checkpoint_steps, final_checkpoint, is_finished
@@ -48,7 +49,7 @@ __all__ = ['PRECISIONS', 'TASKS', 'TrainConfig', 'IndexStream', 'RunData', 'prep
            'run_summary', 'check_resumable', 'start_model', 'RunStart', 'on_main', 'claim_run_dir', 'accumulate',
            'Task', 'make_tasks', 'Run', 'setup_run', 'backward_task', 'combine_and_clip', 'read_on_host',
            'read_statistics', 'NonFiniteError', 'refuse_non_finite', 'log_step', 'save_step_checkpoint', 'finish_run',
-           'train', 'worker', 'launch_workers', 'run', 'plot_training']
+           'train', 'worker', 'launch_workers', 'run', 'main', 'plot_training']
 
 # %% ../nbs/03_train.ipynb #2b0870e2
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -922,6 +923,14 @@ def run(config: TrainConfig, progress: bool = True) -> Path:
     if config.method != FINETUNE and not is_finished(config.base().path):
         train(config.base(), progress)
     return train(config, progress)
+
+# %% ../nbs/03_train.ipynb #75f5f715
+def main(argv: list[str] | None = None):
+    "`toxigs-train --method idkdpo_pcgrad --steps 100 ...`: `run`, each TrainConfig field a flag."
+    parser = argparse.ArgumentParser(prog="toxigs-train", description=run.__doc__)
+    add_parameter_flags(parser, TrainConfig)
+    settings = vars(parser.parse_args(argv))
+    run_command("toxigs-train", lambda: print(run(TrainConfig(**settings))))
 
 # %% ../nbs/03_train.ipynb #ff429aa0
 def plot_training(
