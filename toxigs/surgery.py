@@ -19,7 +19,8 @@ _all_ = ["CHUNK_ELEMENTS", "DEFAULT_CHUNK"]  # chunk_size's defaults, importable
 
 # %% auto #0
 __all__ = ['RULES', 'GRANULARITIES', 'PER_TENSOR_COLUMNS', 'pcgrad', 'pcgrad_retain', 'SignRule', 'get_rule',
-           'rule_granularities', 'is_elementwise', 'combine_gradients', 'plot_rules', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
+           'rule_granularities', 'is_elementwise', 'combine_gradients', 'plot_rules', 'reference_combine',
+           'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
 
 # %% ../nbs/02_surgery.ipynb #34dd205e
 def _safe(x: torch.Tensor) -> torch.Tensor:
@@ -313,3 +314,42 @@ def plot_rules(
         )
     fig.update_layout(height=300, width=220 * len(rules) + 120, margin=dict(l=20, r=20, t=40, b=20))
     return fig
+
+# %% ../nbs/02_surgery.ipynb #a9aa2875
+def reference_combine(
+    forget_grads: Sequence[torch.Tensor],  # gradients of the forget loss (one per parameter)
+    retain_grads: Sequence[torch.Tensor],  # gradients of the retain loss, same shapes and order
+    rule: str,  # one of RULES
+    forget_weight: float = 1.0,  # γ: g1 = γ·forget_grads
+    retain_weight: float = 1.0,  # α: g2 = α·retain_grads
+    granularity: str = "global",  # 'global' (one unit) or 'param' (a unit per tensor)
+    dtype: torch.dtype | None = torch.float64,  # the formulas' dtype; None: the gradients' own
+) -> list[torch.Tensor]:  # the update u per parameter, new tensors in `dtype`
+    """The update of `rule` as the formulas write it, to check `combine_gradients` against: slow
+    (copies, one host read per sum) and plain (a Python `if` per unit)."""
+    get_rule(rule, granularity)  # the errors of combine_gradients
+    g1 = [forget_weight * g.to(dtype or g.dtype) for g in forget_grads]
+    g2 = [retain_weight * g.to(dtype or g.dtype) for g in retain_grads]
+    if rule == "sum":
+        return [x + y for x, y in zip(g1, g2)]
+    if rule == "sago":  # g2 where the signs conflict, g1 elsewhere
+        return [torch.where(x * y < 0, y, x) for x, y in zip(g1, g2)]
+    if rule == "sago_sum":  # g2 where the signs conflict, g1 + g2 elsewhere
+        return [torch.where(x * y < 0, y, x + y) for x, y in zip(g1, g2)]
+    if rule not in ("pcgrad", "pcgrad_retain"):
+        raise NotImplementedError(f"reference_combine has no formula for rule {rule!r}; add it")
+    units = [list(range(len(g1)))] if granularity == "global" else [[i] for i in range(len(g1))]
+    out = [None] * len(g1)
+    for unit in units:
+        d = sum(float((g1[i] * g2[i]).sum()) for i in unit)
+        n1 = sum(float((g1[i] ** 2).sum()) for i in unit)
+        n2 = sum(float((g2[i] ** 2).sum()) for i in unit)
+        for i in unit:
+            x, y = g1[i], g2[i]
+            if d >= 0:  # no conflict: the plain sum
+                out[i] = x + y
+            elif rule == "pcgrad":  # each loses its component along the other
+                out[i] = (x - d / n2 * y) + (y - d / n1 * x)
+            else:  # pcgrad_retain: only g1 loses its component along g2
+                out[i] = (x - d / n2 * y) + y
+    return out
