@@ -115,40 +115,95 @@ def is_elementwise(
     "Whether `rule` decides element by element (its `conflict` statistic is a share of elements)."
     return _elementwise(get_rule(rule))
 
-# %% ../nbs/02_surgery.ipynb #dcfdca9b
-def _check_weight(name: str, weight) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+# %% ../nbs/02_surgery.ipynb #d489946f
+def combine_gradients(
+    forget_grads: Sequence[torch.Tensor],  # forget-loss gradients, to minimise, one per parameter
+    retain_grads: Sequence[torch.Tensor],  # retain-loss gradients: same shapes, same order
+    rule: str,  # one of RULES: sum, pcgrad, pcgrad_retain, sago, sago_sum
+    forget_weight: float = 1.0,  # γ: g1 = γ·forget_grads (>= 0)
+    retain_weight: float = 1.0,  # α: g2 = α·retain_grads (>= 0)
+    granularity: str = "global",  # 'global' (one vector) or 'param' (each tensor)
+    group=None,  # process group whose ranks hold gradient shards (FSDP); None: full ones
+    *,
+    out: Sequence[torch.Tensor] | None = None,  # where u goes (None: into forget_grads)
+    check_finite: bool = True,  # raise ValueError on inf/nan, at the cost of one host sync
+    chunk_size: int | None = None,  # elements per piece; None: 2**20 on CPU, 2**24 elsewhere
+    per_tensor: bool = False,  # also return stats['per_tensor'], a row per input tensor
+) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:  # u per parameter, and the statistics
+    """Combine forget and retain gradients with `rule` into the update u (then θ ← θ − η·u).
+
+    **Memory.** By default u is written *into `forget_grads`* (their values are lost) and those
+    tensors are returned; pass `out=` (tensors of the same shapes, e.g. the `p.grad`s) to keep them.
+    `out` may be `forget_grads` or memory disjoint from both inputs, never `retain_grads`. Beyond
+    the output only temporaries of a few pieces (`chunk_size` elements each) are allocated, never a
+    gradient-sized one. If `check_finite` raises for a sign rule, the output already holds the
+    (non-finite) update.
+
+    **Synchronisation.** Weights and statistics stay on the device; nothing calls `.item()` or
+    branches on a tensor. The one exception is `check_finite=True` (the default): a single host sync
+    reads one boolean computed from the sums of squares the rule needs anyway (no extra pass). Pass
+    `check_finite=False` for a fully asynchronous step; non-finite gradients then show up as
+    non-finite `forget_norm`/`retain_norm`.
+
+    **Distributed.** With `group`, each rank passes its *shards* (e.g. FSDP's local gradient shards,
+    any split, empty shards allowed) of the same parameters in the same order; the per-tensor
+    partial sums are all-reduced once, as one small (tensors × 5) tensor, so every rank takes the
+    same decision and its shard of u equals the slice of the unsharded result. With DDP (full,
+    already averaged gradients on every rank) pass `group=None`: an all-reduce would count each
+    gradient world-size times."""
+    unit = get_rule(rule, granularity)
+    fw, rw = (
+        _check_weight("forget_weight", forget_weight),
+        _check_weight("retain_weight", retain_weight),
+    )
+    forget_grads, retain_grads, out = _check_grads(forget_grads, retain_grads, out)
+    if group is not None and not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
-            f"{name} must be a Python float (got {type(weight).__name__}); pass float(x)"
+            "group was given but torch.distributed is not initialised; call init_process_group "
+            "first, or pass group=None for full (e.g. DDP-averaged) gradients"
         )
-    if not math.isfinite(weight) or weight < 0:
+    device = forget_grads[0].device
+    chunk = CHUNK_ELEMENTS.get(device.type, DEFAULT_CHUNK) if chunk_size is None else chunk_size
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 1 << 24:
         raise ValueError(
-            f"{name} must be finite and >= 0 (got {weight}); to maximise a loss, negate the loss, "
-            "not its weight"
+            f"chunk_size must be an int from 1 to 2**24 (got {chunk!r}); float32 conflict counts "
+            "are exact up to 2**24 per piece"
         )
-    return float(weight)
+    pieces = _pieces(forget_grads, retain_grads, out, chunk)
+    numels = [g.numel() for g in forget_grads]
+    if isinstance(unit, SignRule):
+        partials, counts = _sweep_sign(unit.conflict, unit.agree, pieces, fw, rw)
+    else:
+        partials, counts = _sweep_dots(pieces, device), []
+    table = _table(pieces, partials, counts, numels, device)
+    if group is not None:
+        dist.all_reduce(table, group=group)
+    table[:, 0].mul_(fw * rw)
+    table[:, 1].mul_(fw * fw)
+    table[:, 2].mul_(rw * rw)
+    if check_finite:
+        _check_finite(table, forget_grads)
+    forget_w = retain_w = None
+    if not isinstance(unit, SignRule):
+        coef_dtype = (
+            torch.float64 if any(g.dtype == torch.float64 for g in forget_grads) else torch.float32
+        )
+        forget_w, retain_w = _sweep_projection(unit, pieces, table, granularity, fw, rw, coef_dtype)
+    stats = _stats(unit, table, granularity, forget_w, retain_w)
+    return out, stats | ({"per_tensor": table} if per_tensor else {})
 
 # %% ../nbs/02_surgery.ipynb #388cad06
 PER_TENSOR_COLUMNS = ("dot", "forget_sq", "retain_sq", "conflicting_elements", "elements")
 
 
-def _check_finite(table: torch.Tensor, forget_grads: list):
-    "One host sync: a sum of squares is non-finite iff its gradient holds inf/nan (or overflows)."
-    if bool(torch.isfinite(table[:, 1:3]).all()):
-        return
-    i, side = (~torch.isfinite(table[:, 1:3])).nonzero()[0].tolist()
-    raise ValueError(
-        f"{('forget_grads', 'retain_grads')[side]}[{i}] (shape {tuple(forget_grads[i].shape)}) "
-        "holds inf or nan "
-        "(or values whose squares overflow); skip this step or lower the learning rate or loss "
-        "scale "
-        "(check_finite=False skips this check)"
-    )
-
-
 def _stats(
-    unit, table: torch.Tensor, granularity: str, forget_w, retain_w
+    unit: Callable | SignRule,  # the rule, from get_rule
+    table: torch.Tensor,  # the weighted (and all-reduced) per-tensor table
+    granularity: str,  # 'global' or 'param'
+    forget_w,  # the projection rule's weights; None for a sign rule
+    retain_w,
 ) -> dict[str, torch.Tensor]:
+    "The statistics of one combination, from its table, all on the device."
     dot, forget_sq, retain_sq, conflicts, elements = table.sum(0).unbind()
     forget_norm, retain_norm = forget_sq.sqrt(), retain_sq.sqrt()
     stats = dict(
@@ -180,90 +235,37 @@ def _stats(
         conflict=(dot < 0).to(dot.dtype), forget_coef=scalar(forget_w), retain_coef=scalar(retain_w)
     )
 
-# %% ../nbs/02_surgery.ipynb #d489946f
-def combine_gradients(
-    forget_grads: Sequence[
-        torch.Tensor
-    ],  # gradients of the forget loss, to minimise (one per parameter)
-    retain_grads: Sequence[
-        torch.Tensor
-    ],  # gradients of the retain loss, to minimise, same shapes and order
-    rule: str,  # one of RULES: sum, pcgrad, pcgrad_retain, sago, sago_sum
-    forget_weight: float = 1.0,  # γ: g1 = γ·forget_grads (>= 0)
-    retain_weight: float = 1.0,  # α: g2 = α·retain_grads (>= 0)
-    granularity: str = "global",  # 'global' (one vector) or 'param' (each tensor)
-    group=None,  # process group whose ranks hold gradient shards (FSDP); None: full ones
-    *,
-    out: Sequence[torch.Tensor]
-    | None = None,  # where to write u; None: into forget_grads (in place)
-    check_finite: bool = True,  # raise ValueError on inf/nan, at the cost of one host sync
-    chunk_size: int | None = None,  # elements per piece; None: 2**20 on CPU, 2**24 elsewhere
-    per_tensor: bool = False,  # also return stats['per_tensor'], a row per input tensor
-) -> tuple[
-    list[torch.Tensor], dict[str, torch.Tensor]
-]:  # the update u per parameter, and statistics
-    """Combine forget and retain gradients with `rule` into the update u (then θ ← θ − η·u).
+# %% ../nbs/02_surgery.ipynb #dcfdca9b
+def _check_weight(
+    name: str,  # the argument's name, for the message
+    weight,  # the value passed
+) -> float:
+    "A task weight, checked: a Python number, finite and >= 0."
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ValueError(
+            f"{name} must be a Python float (got {type(weight).__name__}); pass float(x)"
+        )
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(
+            f"{name} must be finite and >= 0 (got {weight}); to maximise a loss, negate the loss, "
+            "not its weight"
+        )
+    return float(weight)
 
-    **Memory.** By default u is written *into `forget_grads`* (their values are lost) and those
-    tensors are returned; pass `out=` (tensors of the same shapes, e.g. the `p.grad`s) to keep them.
-    `out` may be `forget_grads` or memory disjoint from both inputs, never `retain_grads`. Beyond
-    the output only temporaries of a few pieces (`chunk_size` elements each) are allocated, never a
-    gradient-sized one. If `check_finite` raises for a sign rule, the output already holds the
-    (non-finite) update.
 
-    **Synchronisation.** Weights and statistics stay on the device; nothing calls `.item()` or
-    branches on a tensor. The one exception is `check_finite=True` (the default): a single host sync
-    reads one boolean computed from the sums of squares the rule needs anyway (no extra pass). Pass
-    `check_finite=False` for a fully asynchronous step; non-finite gradients then show up as
-    non-finite `forget_norm`/`retain_norm`.
-
-    **Distributed.** With `group`, each rank passes its *shards* (e.g. FSDP's local gradient shards,
-    any split, empty shards allowed) of the same parameters in the same order; the per-tensor
-    partial sums are all-reduced once, as one small (tensors × 5) tensor, so every rank takes the
-    same decision and its shard of u equals the slice of the unsharded result. With DDP (full,
-    already averaged gradients on every rank) pass `group=None`: an all-reduce would count each
-    gradient world-size times."""
-    unit = get_rule(rule, granularity)
-    fw, rw = (
-        _check_weight("forget_weight", forget_weight),
-        _check_weight("retain_weight", retain_weight),
+def _check_finite(
+    table: torch.Tensor,  # the weighted per-tensor table
+    forget_grads: list,  # for the shape in the message
+):
+    "One host sync: a sum of squares is non-finite iff its gradient holds inf/nan (or overflows)."
+    if bool(torch.isfinite(table[:, 1:3]).all()):
+        return
+    i, side = (~torch.isfinite(table[:, 1:3])).nonzero()[0].tolist()
+    raise ValueError(
+        f"{('forget_grads', 'retain_grads')[side]}[{i}] (shape {tuple(forget_grads[i].shape)}) "
+        "holds inf or nan (or values whose squares overflow); skip this step or lower the "
+        "learning rate or loss scale (check_finite=False skips this check)"
     )
-    forget_grads, retain_grads, out = _check_grads(forget_grads, retain_grads, out)
-    if group is not None and not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(
-            "group was given but torch.distributed is not initialised; call init_process_group "
-            "first, "
-            "or pass group=None for full (e.g. DDP-averaged) gradients"
-        )
-    device = forget_grads[0].device
-    chunk = CHUNK_ELEMENTS.get(device.type, DEFAULT_CHUNK) if chunk_size is None else chunk_size
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 1 << 24:
-        raise ValueError(
-            f"chunk_size must be an int from 1 to 2**24 (got {chunk!r}); float32 conflict counts "
-            "are exact up to 2**24 per piece"
-        )
-    pieces = _pieces(forget_grads, retain_grads, out, chunk)
-    numels = [g.numel() for g in forget_grads]
-    if isinstance(unit, SignRule):
-        partials, counts = _sweep_sign(unit.conflict, unit.agree, pieces, fw, rw)
-    else:
-        partials, counts = _sweep_dots(pieces, device), []
-    table = _table(pieces, partials, counts, numels, device)
-    if group is not None:
-        dist.all_reduce(table, group=group)
-    table[:, 0].mul_(fw * rw)
-    table[:, 1].mul_(fw * fw)
-    table[:, 2].mul_(rw * rw)
-    if check_finite:
-        _check_finite(table, forget_grads)
-    forget_w = retain_w = None
-    if not isinstance(unit, SignRule):
-        coef_dtype = (
-            torch.float64 if any(g.dtype == torch.float64 for g in forget_grads) else torch.float32
-        )
-        forget_w, retain_w = _sweep_projection(unit, pieces, table, granularity, fw, rw, coef_dtype)
-    stats = _stats(unit, table, granularity, forget_w, retain_w)
-    return out, stats | ({"per_tensor": table} if per_tensor else {})
 
 # %% ../nbs/02_surgery.ipynb #96a12853
 def plot_rules(
