@@ -1,34 +1,14 @@
-"""Property tests of toxigs.surgery beyond the notebook's: random shapes, weights and piece sizes against a
-float64 transcription of the formulas, and the guarantees per unit for granularity 'param'."""
+"""Property tests of toxigs.surgery beyond the notebook's: random shapes, weights and piece sizes against
+`reference_combine` (the float64 transcription of the formulas), and the guarantees per unit for granularity
+'param'."""
 import math
+import subprocess
+import sys
 
 import torch
 from hypothesis import given, settings, strategies as st
 
-from toxigs.surgery import RULES, combine_gradients, rule_granularities
-
-
-def reference(forget_grads, retain_grads, rule, forget_weight, retain_weight, granularity):
-    "The rules as written in the issue, in float64, with a Python `if` per unit."
-    g1 = [forget_weight * g.double() for g in forget_grads]
-    g2 = [retain_weight * g.double() for g in retain_grads]
-    if rule in ("sum", "sago", "sago_sum"):
-        out = []
-        for x, y in zip(g1, g2):
-            conflict = x * y < 0
-            out.append({"sum": x + y, "sago": torch.where(conflict, y, x), "sago_sum": torch.where(conflict, y, x + y)}[rule])
-        return out
-    units = [list(range(len(g1)))] if granularity == "global" else [[i] for i in range(len(g1))]
-    out = [None] * len(g1)
-    for unit in units:
-        d = sum(float((g1[i] * g2[i]).sum()) for i in unit)
-        n1, n2 = (sum(float((g[i] ** 2).sum()) for i in unit) for g in (g1, g2))
-        for i in unit:
-            x, y = g1[i], g2[i]
-            if d >= 0: out[i] = x + y
-            elif rule == "pcgrad": out[i] = (x - d / n2 * y) + (y - d / n1 * x)
-            else: out[i] = (x - d / n2 * y) + y
-    return out
+from toxigs.surgery import RULES, combine_gradients, reference_combine, rule_granularities
 
 
 @st.composite
@@ -52,7 +32,7 @@ def problems(draw):
 @given(problems())
 def test_matches_float64_reference(problem):
     forget, retain, rule, granularity, (fw, rw), chunk = problem
-    expected = reference(forget, retain, rule, fw, rw, granularity)
+    expected = reference_combine(forget, retain, rule, fw, rw, granularity)
     u, stats = combine_gradients([f.clone() for f in forget], retain, rule, fw, rw, granularity, chunk_size=chunk)
     for got, want in zip(u, expected):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
@@ -76,3 +56,22 @@ def test_guarantees_per_unit(problem):
             assert inner(u[s], g1[s]) >= -1e-9 * (1 + inner(u[s], u[s]) + inner(g1[s], g1[s]))
     if rule in ("sago", "sago_sum"):
         assert all(bool((x * y >= 0).all()) for x, y in zip(u, g2))
+
+
+@settings(max_examples=50, deadline=None)
+@given(problems())
+def test_reference_in_the_gradients_dtype(problem):
+    "dtype=None (bench/surgery.py's straightforward baseline) computes the same update in float32."
+    forget, retain, rule, granularity, (fw, rw), _ = problem
+    forget, retain = [f.float() for f in forget], [r.float() for r in retain]
+    expected = reference_combine(forget, retain, rule, fw, rw, granularity)
+    for got, want in zip(reference_combine(forget, retain, rule, fw, rw, granularity, dtype=None), expected):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_kernel_does_not_import_the_rules():
+    "toxigs.fused is below toxigs.surgery: importing the kernel loads no rule module (no import cycle)."
+    modules = "import sys, toxigs.fused; print(sorted(m for m in sys.modules if m.startswith('toxigs')))"
+    loaded = subprocess.run([sys.executable, "-c", modules], capture_output=True, text=True, check=True).stdout
+    assert "toxigs.surgery" not in loaded and "toxigs.fused" in loaded, loaded

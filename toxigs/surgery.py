@@ -5,7 +5,6 @@
 # %% ../nbs/02_surgery.ipynb #c499ef34
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -13,9 +12,15 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from .fused import CHUNK_ELEMENTS, DEFAULT_CHUNK, _check_grads, _pieces, _table
+from .fused import _sweep_dots, _sweep_projection, _sweep_sign
+
+_all_ = ["CHUNK_ELEMENTS", "DEFAULT_CHUNK"]  # chunk_size's defaults, importable from here too
+
 # %% auto #0
-__all__ = ['RULES', 'GRANULARITIES', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK', 'PER_TENSOR_COLUMNS', 'pcgrad', 'pcgrad_retain',
-           'SignRule', 'get_rule', 'rule_granularities', 'is_elementwise', 'combine_gradients', 'plot_rules']
+__all__ = ['RULES', 'GRANULARITIES', 'PER_TENSOR_COLUMNS', 'pcgrad', 'pcgrad_retain', 'SignRule', 'get_rule',
+           'rule_granularities', 'is_elementwise', 'combine_gradients', 'plot_rules', 'reference_combine',
+           'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
 
 # %% ../nbs/02_surgery.ipynb #34dd205e
 def _safe(x: torch.Tensor) -> torch.Tensor:
@@ -110,272 +115,95 @@ def is_elementwise(
     "Whether `rule` decides element by element (its `conflict` statistic is a share of elements)."
     return _elementwise(get_rule(rule))
 
-# %% ../nbs/02_surgery.ipynb #dcfdca9b
-def _check_weight(name: str, weight) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ValueError(
-            f"{name} must be a Python float (got {type(weight).__name__}); pass float(x)"
-        )
-    if not math.isfinite(weight) or weight < 0:
-        raise ValueError(
-            f"{name} must be finite and >= 0 (got {weight}); to maximise a loss, negate the loss, "
-            "not its weight"
-        )
-    return float(weight)
+# %% ../nbs/02_surgery.ipynb #d489946f
+def combine_gradients(
+    forget_grads: Sequence[torch.Tensor],  # forget-loss gradients, to minimise, one per parameter
+    retain_grads: Sequence[torch.Tensor],  # retain-loss gradients: same shapes, same order
+    rule: str,  # one of RULES: sum, pcgrad, pcgrad_retain, sago, sago_sum
+    forget_weight: float = 1.0,  # γ: g1 = γ·forget_grads (>= 0)
+    retain_weight: float = 1.0,  # α: g2 = α·retain_grads (>= 0)
+    granularity: str = "global",  # 'global' (one vector) or 'param' (each tensor)
+    group=None,  # process group whose ranks hold gradient shards (FSDP); None: full ones
+    *,
+    out: Sequence[torch.Tensor] | None = None,  # where u goes (None: into forget_grads)
+    check_finite: bool = True,  # raise ValueError on inf/nan, at the cost of one host sync
+    chunk_size: int | None = None,  # elements per piece; None: 2**20 on CPU, 2**24 elsewhere
+    per_tensor: bool = False,  # also return stats['per_tensor'], a row per input tensor
+) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:  # u per parameter, and the statistics
+    """Combine forget and retain gradients with `rule` into the update u (then θ ← θ − η·u).
 
+    **Memory.** By default u is written *into `forget_grads`* (their values are lost) and those
+    tensors are returned; pass `out=` (tensors of the same shapes, e.g. the `p.grad`s) to keep them.
+    `out` may be `forget_grads` or memory disjoint from both inputs, never `retain_grads`. Beyond
+    the output only temporaries of a few pieces (`chunk_size` elements each) are allocated, never a
+    gradient-sized one. If `check_finite` raises for a sign rule, the output already holds the
+    (non-finite) update.
 
-def _check_grads(forget_grads, retain_grads, out):
-    """The three lists, checked: same lengths, shapes, dtypes and device; contiguous; out not
-    aliasing retain_grads."""
-    forget_grads, retain_grads = list(forget_grads), list(retain_grads)
-    if not forget_grads:
-        raise ValueError("forget_grads is empty; pass one gradient tensor per parameter")
-    if len(forget_grads) != len(retain_grads):
-        raise ValueError(
-            f"forget_grads has {len(forget_grads)} tensors but retain_grads has "
-            f"{len(retain_grads)}; "
-            "pass one gradient per parameter, in the same order, for both tasks"
-        )
-    out = forget_grads if out is None else list(out)
-    if len(out) != len(forget_grads):
-        raise ValueError(
-            f"out has {len(out)} tensors but forget_grads has {len(forget_grads)}; pass one output "
-            "per parameter"
-        )
-    device = getattr(forget_grads[0], "device", None)
-    for i, (f, r, o) in enumerate(zip(forget_grads, retain_grads, out)):
-        for name, t in (("forget_grads", f), ("retain_grads", r), ("out", o)):
-            if not isinstance(t, torch.Tensor):
-                raise ValueError(
-                    f"{name}[{i}] is a {type(t).__name__}, not a tensor; pass gradient tensors "
-                    "(e.g. p.grad)"
-                )
-            if not t.is_floating_point():
-                raise ValueError(
-                    f"{name}[{i}] has dtype {t.dtype}; gradients must be floating point"
-                )
-            if t.device != device:
-                raise ValueError(
-                    f"{name}[{i}] is on {t.device} but forget_grads[0] is on {device}; put all "
-                    "gradients on one device"
-                )
-            if not t.is_contiguous():
-                raise ValueError(f"{name}[{i}] is not contiguous; pass t.contiguous()")
-        if f.shape != r.shape or f.shape != o.shape:
-            raise ValueError(
-                f"shape mismatch at index {i}: forget {tuple(f.shape)}, retain {tuple(r.shape)}, "
-                f"out {tuple(o.shape)}; "
-                "both lists must hold the gradients of the same parameters in the same order"
-            )
-        if f.dtype != r.dtype or f.dtype != o.dtype:
-            raise ValueError(
-                f"dtype mismatch at index {i}: forget {f.dtype}, retain {r.dtype}, out {o.dtype}; "
-                "use one dtype per parameter"
-            )
-        if o.numel() and o.data_ptr() == r.data_ptr():
-            raise ValueError(
-                f"out[{i}] is retain_grads[{i}]; write into forget_grads (out=None) or into "
-                "separate tensors"
-            )
-    return forget_grads, retain_grads, out
+    **Synchronisation.** Weights and statistics stay on the device; nothing calls `.item()` or
+    branches on a tensor. The one exception is `check_finite=True` (the default): a single host sync
+    reads one boolean computed from the sums of squares the rule needs anyway (no extra pass). Pass
+    `check_finite=False` for a fully asynchronous step; non-finite gradients then show up as
+    non-finite `forget_norm`/`retain_norm`.
 
-# %% ../nbs/02_surgery.ipynb #183125a5
-CHUNK_ELEMENTS = {
-    "cpu": 1 << 20
-}  # elements per piece by device type: two pieces fit in a CPU's cache
-DEFAULT_CHUNK = 1 << 24  # elsewhere (GPU): few kernel launches, bounded temporaries
-
-
-def _pieces(forget_grads, retain_grads, out, chunk: int) -> list[tuple]:
-    """(tensor index, forget piece, retain piece, out piece, out is forget) over 1-D pieces of at
-    most `chunk` elements."""
-    pieces = []
-    for i, (f, r, o) in enumerate(zip(forget_grads, retain_grads, out)):
-        inplace = o.data_ptr() == f.data_ptr()
-        f, r, o = f.view(-1), r.view(-1), o.view(-1)
-        if f.numel() <= chunk:
-            pieces.append((i, f, r, o, inplace))
-        else:
-            pieces.extend(
-                (i, x, y, z, inplace)
-                for x, y, z in zip(f.split(chunk), r.split(chunk), o.split(chunk))
-            )
-    return pieces
-
-# %% ../nbs/02_surgery.ipynb #2cedeefa
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _inner(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor | None) -> torch.Tensor:
-    """⟨a, b⟩ of two 1-D pieces of the accumulation dtype.
-
-    On the CPU, BLAS dot products accumulate long float32 runs: on a real 5·10⁵-element gradient the
-    sum of squares was off by 1.7·10⁻⁵ (relative), enough to move a PCGrad weight visibly. There the
-    products go through `scratch` (a buffer of at least the piece's size, still in cache) and
-    torch's pairwise `sum` (error ~10⁻⁷); GPU dot products reduce in a tree and are used as they
-    are."""
-    if a.device.type != "cpu" or a.dtype == torch.float64:
-        return torch.dot(a, b)
-    return torch.mul(
-        a, b, out=(torch.empty_like(a) if scratch is None else scratch)[: a.numel()]
-    ).sum()
-
-
-def _dots(
-    f: torch.Tensor, r: torch.Tensor, scratch: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "⟨f, r⟩, ‖f‖², ‖r‖² of two 1-D pieces (half precision upcast piece by piece)."
-    if f.dtype != _acc_dtype(f):
-        f, r = f.to(_acc_dtype(f)), r.to(_acc_dtype(f))
-    return _inner(f, r, scratch), _inner(f, f, scratch), _inner(r, r, scratch)
-
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _axpby_(o: torch.Tensor, a: torch.Tensor, ca, b: torch.Tensor, cb, inplace: bool):
-    """o = ca·a + cb·b, where o is a (inplace) or shares no memory with a or b.
-
-    Half precision is combined in float32 and rounded once into `o`: in float16, 2·(4·10⁴) would
-    overflow to inf even where the update itself (e.g. 2·g1 − 2·g2 with g1 = −g2) fits."""
-    if o.dtype in _HALF:
-        result = a.float() * ca
-        if not (isinstance(cb, float) and cb == 0.0):
-            result += b.float() * cb
-        o.copy_(result)
-        return
-    if not inplace:
-        torch.mul(a, ca, out=o)
-    elif not (isinstance(ca, float) and ca == 1.0):
-        o.mul_(ca)
-    if isinstance(cb, float):
-        if cb != 0.0:
-            o.add_(b, alpha=cb)
-    else:
-        o.addcmul_(b, cb)
-
-# %% ../nbs/02_surgery.ipynb #f82408ec
-@functools.lru_cache(maxsize=16)
-def _layout(
-    device: torch.device, owners: tuple[int, ...], numels: tuple[int, ...]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (tensors × pieces) 0/1 matrix that sums pieces into tensors, and the element counts, on
-    `device`."""
-    owner = torch.tensor(owners)
-    members = (owner[None, :] == torch.arange(len(numels))[:, None]).to(torch.float64)
-    return members.to(device), torch.tensor(numels, dtype=torch.float64).to(device)
-
-
-def _table(
-    pieces: list, partials: list, counts: list, numels: list[int], device: torch.device
-) -> torch.Tensor:
-    "Per-tensor [dot, forget sq, retain sq, conflicts, elements] from per-piece partial sums."
-    members, elements = _layout(device, tuple(p[0] for p in pieces), tuple(numels))
-    per_piece = torch.stack(partials).view(-1, 3).to(torch.float64)
-    conflicts = (
-        torch.stack(counts).to(torch.float64)[:, None]
-        if counts
-        else per_piece.new_zeros(len(pieces), 1)
+    **Distributed.** With `group`, each rank passes its *shards* (e.g. FSDP's local gradient shards,
+    any split, empty shards allowed) of the same parameters in the same order; the per-tensor
+    partial sums are all-reduced once, as one small (tensors × 5) tensor, so every rank takes the
+    same decision and its shard of u equals the slice of the unsharded result. With DDP (full,
+    already averaged gradients on every rank) pass `group=None`: an all-reduce would count each
+    gradient world-size times."""
+    unit = get_rule(rule, granularity)
+    fw, rw = (
+        _check_weight("forget_weight", forget_weight),
+        _check_weight("retain_weight", retain_weight),
     )
-    values = torch.cat([per_piece, conflicts], 1)
-    finite = torch.isfinite(values)
-    sums = members @ torch.where(
-        finite, values, 0.0
-    )  # 0·nan is nan: a non-finite piece would spread to every row
-    broken = (members @ (~finite).to(values.dtype)) > 0
-    sums = torch.where(broken, float("nan"), sums)  # ... so it marks only the row of its own tensor
-    return torch.cat([sums, elements[:, None]], 1)
-
-# %% ../nbs/02_surgery.ipynb #a358c1e1
-def _sweep_sign(rule: SignRule, pieces: list, fw: float, rw: float) -> tuple[list, list]:
-    """One pass: partial sums, conflict counts and the element-wise update, piece by piece while it
-    is in cache."""
-    partials, counts, scratch = [], [], {}
-    (c1, c2), (a1, a2) = rule.conflict, rule.agree
-    masked = (
-        rule.conflict != rule.agree and fw * rw > 0
-    )  # a zero weight zeroes a task: nothing conflicts
-    for _, f, r, o, inplace in pieces:
-        acc = _acc_dtype(f)  # half precision: products in float32, or they underflow
-        if acc not in scratch:
-            scratch[acc] = torch.empty(
-                max(p[1].numel() for p in pieces), dtype=acc, device=f.device
-            )
-        if not masked:
-            partials.extend(_dots(f, r, scratch[acc]))
-            _axpby_(o, f, fw * a1, r, rw * a2, inplace)
-            continue
-        fa, ra = (f, r) if f.dtype == acc else (f.to(acc), r.to(acc))
-        squares = (
-            _inner(fa, fa, scratch[acc]),
-            _inner(ra, ra, scratch[acc]),
-        )  # before the scratch holds the products
-        conflict = torch.mul(fa, ra, out=scratch[acc][: f.numel()])
-        partials.extend((conflict.sum(), *squares))
-        conflict.neg_().clamp_(min=0).sign_()  # 1 where g1_i·g2_i < 0, else 0
-        counts.append(conflict.sum())
-        if f.dtype != acc:  # half precision: both columns in float32, rounded once into o
-            agree = fa * (fw * a1) + ra * (rw * a2)
-            o.copy_(torch.where(conflict > 0, fa * (fw * c1) + ra * (rw * c2), agree))
-            continue
-        if (c1, c2 * rw) == (0.0, 1.0):
-            on_conflict = r
-        else:
-            on_conflict = (f * (fw * c1)).add_(r, alpha=rw * c2)
-        _axpby_(o, f, fw * a1, r, rw * a2, inplace)  # the `agree` column ...
-        o.lerp_(
-            on_conflict, conflict.to(o.dtype)
-        )  # ... replaced by the `conflict` column where c_i = 1
-    return partials, counts
-
-# %% ../nbs/02_surgery.ipynb #bdac534c
-def _sweep_projection(
-    unit: Callable,
-    pieces: list,
-    table: torch.Tensor,
-    granularity: str,
-    fw: float,
-    rw: float,
-    coef_dtype: torch.dtype,
-):
-    """Weights from the (all-reduced) table, then u = (γ·w1)·f + (α·w2)·r piece by piece. Returns
-    the weights."""
-    sums = table.T if granularity == "param" else table.sum(0)
-    forget_w, retain_w = unit(sums[0], sums[1], sums[2])
-
-    def per_tensor(w, scale):
-        if isinstance(w, float):
-            return [w * scale] * len(table)
-        w = (w * scale).to(coef_dtype)
-        return list(w.unbind()) if granularity == "param" else [w] * len(table)
-
-    cf, cr = per_tensor(forget_w, fw), per_tensor(retain_w, rw)
-    for i, f, r, o, inplace in pieces:
-        _axpby_(o, f, cf[i], r, cr[i], inplace)
-    return forget_w, retain_w
+    forget_grads, retain_grads, out = _check_grads(forget_grads, retain_grads, out)
+    if group is not None and not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "group was given but torch.distributed is not initialised; call init_process_group "
+            "first, or pass group=None for full (e.g. DDP-averaged) gradients"
+        )
+    device = forget_grads[0].device
+    chunk = CHUNK_ELEMENTS.get(device.type, DEFAULT_CHUNK) if chunk_size is None else chunk_size
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 1 << 24:
+        raise ValueError(
+            f"chunk_size must be an int from 1 to 2**24 (got {chunk!r}); float32 conflict counts "
+            "are exact up to 2**24 per piece"
+        )
+    pieces = _pieces(forget_grads, retain_grads, out, chunk)
+    numels = [g.numel() for g in forget_grads]
+    if isinstance(unit, SignRule):
+        partials, counts = _sweep_sign(unit.conflict, unit.agree, pieces, fw, rw)
+    else:
+        partials, counts = _sweep_dots(pieces, device), []
+    table = _table(pieces, partials, counts, numels, device)
+    if group is not None:
+        dist.all_reduce(table, group=group)
+    table[:, 0].mul_(fw * rw)
+    table[:, 1].mul_(fw * fw)
+    table[:, 2].mul_(rw * rw)
+    if check_finite:
+        _check_finite(table, forget_grads)
+    forget_w = retain_w = None
+    if not isinstance(unit, SignRule):
+        coef_dtype = (
+            torch.float64 if any(g.dtype == torch.float64 for g in forget_grads) else torch.float32
+        )
+        forget_w, retain_w = _sweep_projection(unit, pieces, table, granularity, fw, rw, coef_dtype)
+    stats = _stats(unit, table, granularity, forget_w, retain_w)
+    return out, stats | ({"per_tensor": table} if per_tensor else {})
 
 # %% ../nbs/02_surgery.ipynb #388cad06
 PER_TENSOR_COLUMNS = ("dot", "forget_sq", "retain_sq", "conflicting_elements", "elements")
 
 
-def _check_finite(table: torch.Tensor, forget_grads: list):
-    "One host sync: a sum of squares is non-finite iff its gradient holds inf/nan (or overflows)."
-    if bool(torch.isfinite(table[:, 1:3]).all()):
-        return
-    i, side = (~torch.isfinite(table[:, 1:3])).nonzero()[0].tolist()
-    raise ValueError(
-        f"{('forget_grads', 'retain_grads')[side]}[{i}] (shape {tuple(forget_grads[i].shape)}) "
-        "holds inf or nan "
-        "(or values whose squares overflow); skip this step or lower the learning rate or loss "
-        "scale "
-        "(check_finite=False skips this check)"
-    )
-
-
 def _stats(
-    unit, table: torch.Tensor, granularity: str, forget_w, retain_w
+    unit: Callable | SignRule,  # the rule, from get_rule
+    table: torch.Tensor,  # the weighted (and all-reduced) per-tensor table
+    granularity: str,  # 'global' or 'param'
+    forget_w,  # the projection rule's weights; None for a sign rule
+    retain_w,
 ) -> dict[str, torch.Tensor]:
+    "The statistics of one combination, from its table, all on the device."
     dot, forget_sq, retain_sq, conflicts, elements = table.sum(0).unbind()
     forget_norm, retain_norm = forget_sq.sqrt(), retain_sq.sqrt()
     stats = dict(
@@ -407,95 +235,37 @@ def _stats(
         conflict=(dot < 0).to(dot.dtype), forget_coef=scalar(forget_w), retain_coef=scalar(retain_w)
     )
 
-# %% ../nbs/02_surgery.ipynb #d489946f
-def combine_gradients(
-    forget_grads: Sequence[
-        torch.Tensor
-    ],  # gradients of the forget loss, to minimise (one per parameter)
-    retain_grads: Sequence[
-        torch.Tensor
-    ],  # gradients of the retain loss, to minimise, same shapes and order
-    rule: str,  # one of RULES: sum, pcgrad, pcgrad_retain, sago, sago_sum
-    forget_weight: float = 1.0,  # γ: g1 = γ·forget_grads (>= 0)
-    retain_weight: float = 1.0,  # α: g2 = α·retain_grads (>= 0)
-    granularity: str = "global",  # 'global' (one vector) or 'param' (each tensor)
-    group=None,  # process group whose ranks hold gradient shards (FSDP); None: full ones
-    *,
-    out: Sequence[torch.Tensor]
-    | None = None,  # where to write u; None: into forget_grads (in place)
-    check_finite: bool = True,  # raise ValueError on inf/nan, at the cost of one host sync
-    chunk_size: int | None = None,  # elements per piece; None: 2**20 on CPU, 2**24 elsewhere
-    per_tensor: bool = False,  # also return stats['per_tensor'], a row per input tensor
-) -> tuple[
-    list[torch.Tensor], dict[str, torch.Tensor]
-]:  # the update u per parameter, and statistics
-    """Combine forget and retain gradients with `rule` into the update u (then θ ← θ − η·u).
+# %% ../nbs/02_surgery.ipynb #dcfdca9b
+def _check_weight(
+    name: str,  # the argument's name, for the message
+    weight,  # the value passed
+) -> float:
+    "A task weight, checked: a Python number, finite and >= 0."
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ValueError(
+            f"{name} must be a Python float (got {type(weight).__name__}); pass float(x)"
+        )
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(
+            f"{name} must be finite and >= 0 (got {weight}); to maximise a loss, negate the loss, "
+            "not its weight"
+        )
+    return float(weight)
 
-    **Memory.** By default u is written *into `forget_grads`* (their values are lost) and those
-    tensors are returned; pass `out=` (tensors of the same shapes, e.g. the `p.grad`s) to keep them.
-    `out` may be `forget_grads` or memory disjoint from both inputs, never `retain_grads`. Beyond
-    the output only temporaries of a few pieces (`chunk_size` elements each) are allocated, never a
-    gradient-sized one. If `check_finite` raises for a sign rule, the output already holds the
-    (non-finite) update.
 
-    **Synchronisation.** Weights and statistics stay on the device; nothing calls `.item()` or
-    branches on a tensor. The one exception is `check_finite=True` (the default): a single host sync
-    reads one boolean computed from the sums of squares the rule needs anyway (no extra pass). Pass
-    `check_finite=False` for a fully asynchronous step; non-finite gradients then show up as
-    non-finite `forget_norm`/`retain_norm`.
-
-    **Distributed.** With `group`, each rank passes its *shards* (e.g. FSDP's local gradient shards,
-    any split, empty shards allowed) of the same parameters in the same order; the per-tensor
-    partial sums are all-reduced once, as one small (tensors × 5) tensor, so every rank takes the
-    same decision and its shard of u equals the slice of the unsharded result. With DDP (full,
-    already averaged gradients on every rank) pass `group=None`: an all-reduce would count each
-    gradient world-size times."""
-    unit = get_rule(rule, granularity)
-    fw, rw = (
-        _check_weight("forget_weight", forget_weight),
-        _check_weight("retain_weight", retain_weight),
+def _check_finite(
+    table: torch.Tensor,  # the weighted per-tensor table
+    forget_grads: list,  # for the shape in the message
+):
+    "One host sync: a sum of squares is non-finite iff its gradient holds inf/nan (or overflows)."
+    if bool(torch.isfinite(table[:, 1:3]).all()):
+        return
+    i, side = (~torch.isfinite(table[:, 1:3])).nonzero()[0].tolist()
+    raise ValueError(
+        f"{('forget_grads', 'retain_grads')[side]}[{i}] (shape {tuple(forget_grads[i].shape)}) "
+        "holds inf or nan (or values whose squares overflow); skip this step or lower the "
+        "learning rate or loss scale (check_finite=False skips this check)"
     )
-    forget_grads, retain_grads, out = _check_grads(forget_grads, retain_grads, out)
-    if group is not None and not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(
-            "group was given but torch.distributed is not initialised; call init_process_group "
-            "first, "
-            "or pass group=None for full (e.g. DDP-averaged) gradients"
-        )
-    device = forget_grads[0].device
-    chunk = CHUNK_ELEMENTS.get(device.type, DEFAULT_CHUNK) if chunk_size is None else chunk_size
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 1 << 24:
-        raise ValueError(
-            f"chunk_size must be an int from 1 to 2**24 (got {chunk!r}); float32 conflict counts "
-            "are exact up to 2**24 per piece"
-        )
-    pieces = _pieces(forget_grads, retain_grads, out, chunk)
-    numels = [g.numel() for g in forget_grads]
-    if isinstance(unit, SignRule):
-        partials, counts = _sweep_sign(unit, pieces, fw, rw)
-    else:
-        scratch = (
-            torch.empty(max(p[1].numel() for p in pieces), device=device)
-            if device.type == "cpu"
-            else None
-        )
-        partials, counts = [x for _, f, r, _, _ in pieces for x in _dots(f, r, scratch)], []
-    table = _table(pieces, partials, counts, numels, device)
-    if group is not None:
-        dist.all_reduce(table, group=group)
-    table[:, 0].mul_(fw * rw)
-    table[:, 1].mul_(fw * fw)
-    table[:, 2].mul_(rw * rw)
-    if check_finite:
-        _check_finite(table, forget_grads)
-    forget_w = retain_w = None
-    if not isinstance(unit, SignRule):
-        coef_dtype = (
-            torch.float64 if any(g.dtype == torch.float64 for g in forget_grads) else torch.float32
-        )
-        forget_w, retain_w = _sweep_projection(unit, pieces, table, granularity, fw, rw, coef_dtype)
-    stats = _stats(unit, table, granularity, forget_w, retain_w)
-    return out, stats | ({"per_tensor": table} if per_tensor else {})
 
 # %% ../nbs/02_surgery.ipynb #96a12853
 def plot_rules(
@@ -546,3 +316,42 @@ def plot_rules(
         )
     fig.update_layout(height=300, width=220 * len(rules) + 120, margin=dict(l=20, r=20, t=40, b=20))
     return fig
+
+# %% ../nbs/02_surgery.ipynb #a9aa2875
+def reference_combine(
+    forget_grads: Sequence[torch.Tensor],  # gradients of the forget loss (one per parameter)
+    retain_grads: Sequence[torch.Tensor],  # gradients of the retain loss, same shapes and order
+    rule: str,  # one of RULES
+    forget_weight: float = 1.0,  # γ: g1 = γ·forget_grads
+    retain_weight: float = 1.0,  # α: g2 = α·retain_grads
+    granularity: str = "global",  # 'global' (one unit) or 'param' (a unit per tensor)
+    dtype: torch.dtype | None = torch.float64,  # the formulas' dtype; None: the gradients' own
+) -> list[torch.Tensor]:  # the update u per parameter, new tensors in `dtype`
+    """The update of `rule` as the formulas write it, to check `combine_gradients` against: slow
+    (copies, one host read per sum) and plain (a Python `if` per unit)."""
+    get_rule(rule, granularity)  # the errors of combine_gradients
+    g1 = [forget_weight * g.to(dtype or g.dtype) for g in forget_grads]
+    g2 = [retain_weight * g.to(dtype or g.dtype) for g in retain_grads]
+    if rule == "sum":
+        return [x + y for x, y in zip(g1, g2)]
+    if rule == "sago":  # g2 where the signs conflict, g1 elsewhere
+        return [torch.where(x * y < 0, y, x) for x, y in zip(g1, g2)]
+    if rule == "sago_sum":  # g2 where the signs conflict, g1 + g2 elsewhere
+        return [torch.where(x * y < 0, y, x + y) for x, y in zip(g1, g2)]
+    if rule not in ("pcgrad", "pcgrad_retain"):
+        raise NotImplementedError(f"reference_combine has no formula for rule {rule!r}; add it")
+    units = [list(range(len(g1)))] if granularity == "global" else [[i] for i in range(len(g1))]
+    out = [None] * len(g1)
+    for unit in units:
+        d = sum(float((g1[i] * g2[i]).sum()) for i in unit)
+        n1 = sum(float((g1[i] ** 2).sum()) for i in unit)
+        n2 = sum(float((g2[i] ** 2).sum()) for i in unit)
+        for i in unit:
+            x, y = g1[i], g2[i]
+            if d >= 0:  # no conflict: the plain sum
+                out[i] = x + y
+            elif rule == "pcgrad":  # each loses its component along the other
+                out[i] = (x - d / n2 * y) + (y - d / n1 * x)
+            else:  # pcgrad_retain: only g1 loses its component along g2
+                out[i] = (x - d / n2 * y) + y
+    return out
