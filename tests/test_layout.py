@@ -22,6 +22,8 @@ def toxigs_imports(module: str) -> set[str]:
 
 def test_distributed_knows_torch_not_toxigs():
     assert toxigs_imports("distributed") == set()
+    assert toxigs_imports("fused") == set()  # the surgery's kernel: torch only
+    assert toxigs_imports("checks") == set() and toxigs_imports("parameters") == set()
 
 
 def test_evaluation_and_analysis_do_not_import_training():

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+import datasets
+import pyarrow.parquet
 
 # %% auto #0
 __all__ = ['RECORD_COLUMNS', 'FORGET_LABEL', 'RETAIN_LABEL', 'PROMPT_SEPARATOR', 'IGNORE_INDEX', 'REFUSALS', 'validate_records',
@@ -202,8 +204,6 @@ def _read_table(path: Path) -> tuple[list[dict], list[str]]:
     if kind not in _READERS:
         raise ValueError(f"cannot read {path}: use a .jsonl, .json, .csv or .parquet file")
     if kind == ".parquet":
-        import pyarrow.parquet
-
         try:
             rows = pyarrow.parquet.read_table(path).to_pylist()
         except Exception as e:
@@ -223,7 +223,6 @@ def _read_table(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def _hub_records(name: str, config: str | None, split: str, label_column: str) -> list[dict]:
-    import datasets
 
     try:
         dataset = datasets.load_dataset(name, config, split=split)

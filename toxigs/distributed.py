@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'Processes', 'check_strategy', 'check_device', 'pick_device', 'init_processes', 'shard_model',
@@ -120,7 +121,6 @@ def init_processes(strategy: str = "none", device: str = "auto") -> Processes:
 # %% ../nbs/04_distributed.ipynb #e1cc2f58
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     "Apply FSDP2 `fully_shard` to every transformer block, then to the whole model."
-    from torch.distributed.fsdp import fully_shard
 
     block_names = set(getattr(model, "_no_split_modules", None) or [])
     for module in model.modules():

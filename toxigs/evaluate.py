@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import datasets
 import numpy as np
 import torch
 from profanity_check import predict_prob
@@ -260,7 +261,7 @@ def _weights_only(load: Callable, what: str) -> dict:
 def _detoxify_classifier(model: str, device: str):
     """Detoxify on a private copy of the checkpoint's weights-only content (Detoxify itself
     unpickles fully)."""
-    from detoxify import Detoxify
+    from detoxify import Detoxify  # imported here: it is checked for first (find_spec)
     from detoxify.detoxify import MODEL_URLS
 
     if model in DETOXIFY_MODELS:
@@ -587,8 +588,6 @@ def load_utility_documents(
     if source == "embedded":
         documents = embedded_utility_documents()
     elif source == "wikitext":
-        import datasets
-
         try:
             rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
         except Exception as e:

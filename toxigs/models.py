@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 import transformers
 from transformers import (
     AutoModelForCausalLM,
@@ -23,6 +24,10 @@ from transformers import (
     GPT2LMHeadModel,
     PreTrainedTokenizerFast,
 )
+
+import toxigs
+from .checks import run_command
+from .data import embedded_texts
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'END_OF_TEXT', 'OFFLINE_MODELS', 'LEVELS', 'GEMMA_OFFLINE', 'GEMMA_GGUF', 'GEMMA_PACKAGE',
@@ -38,8 +43,6 @@ END_OF_TEXT = "<|endoftext|>"
 
 def train_embedded_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     "Train the byte-level BPE of the embedded world on its texts."
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from toxigs.data import embedded_texts
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -68,8 +71,6 @@ def build_embedded_tokenizer(out_dir: str | Path) -> Path:
 
 # %% ../nbs/00a_models.ipynb #8269d64e
 def _embedded_tokenizer_dir() -> Path:
-    import toxigs
-
     return Path(toxigs.__file__).parent / "assets" / "embedded-tokenizer"
 
 

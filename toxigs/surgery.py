@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from .fused import CHUNK_ELEMENTS, DEFAULT_CHUNK, _check_grads, _pieces, _table
 from .fused import _sweep_dots, _sweep_projection, _sweep_sign
@@ -274,8 +276,6 @@ def plot_rules(
     rules: Sequence[str] = tuple(RULES),  # which rules to draw, one panel each
 ):
     "A plotly figure with one panel per rule: g1 (red), g2 (blue) and the update u (black)."
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
 
     g1, g2 = (
         torch.tensor(forget_grad, dtype=torch.float64),

@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -939,8 +941,6 @@ def plot_training(
 ):
     """Losses, update norm and forget/retain gradient agreement (cosine, conflict) per step, as a
     plotly figure."""
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
 
     steps = [m["step"] for m in metrics]
     panels = [
