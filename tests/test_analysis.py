@@ -14,9 +14,10 @@ import torch
 
 from toxigs.analysis import (SYNTHETIC_C, SYNTHETIC_RUNS, CheckpointWeights, _tiny_gpt2, compare_updates, conflict_frame,
                              distance_matrix, find_runs, module_group, results_frame, synthetic_experiment)
-from toxigs.analysis import (MAX_ROWS, ONE_SEED_NOTE, TOXICITY_METRICS, clipped_title_lines, experiment_distances,
-                             experiment_twins, layer_conflict_frame, metric_columns, plot_conflict, plot_distances,
-                             plot_layer_conflict, plot_tradeoff, plot_update_comparison, surgery_pairs, tick_label)
+from toxigs.analysis import (MAX_ROWS, ONE_SEED_NOTE, TOXICITY_METRICS, clipped_title_lines,
+                             experiment_distances, experiment_twins, layer_conflict_frame,
+                             metric_columns, plot_conflict, plot_distances, plot_layer_conflict,
+                             plot_tradeoff, plot_update_comparison, surgery_pairs, tick_label)
 from toxigs.models import load_model
 from toxigs.train import TrainConfig, final_checkpoint, read_metrics, run
 
@@ -158,9 +159,10 @@ def test_committed_study_figures_are_readable(study, runs, last_row):
         assert clipped_title_lines(fig) == [], column
         assert [a.text for a in fig.layout.annotations if a.name == "note"] == [ONE_SEED_NOTE]
         assert len([s for s in fig.layout.shapes if s.type == "line"]) == len(pairs)
-        if fig.layout.xaxis.type == "log":  # every tick labelled with its value, never a bare 2 or 5
-            assert list(fig.layout.xaxis.ticktext) == list(map(tick_label, fig.layout.xaxis.tickvals))
-            assert len(fig.layout.xaxis.tickvals) >= 3
+        axis = fig.layout.xaxis
+        if axis.type == "log":  # every tick labelled with its value, never a bare 2 or 5
+            assert list(axis.ticktext) == list(map(tick_label, axis.tickvals))
+            assert len(axis.tickvals) >= 3
     twins = plot_update_comparison(experiment_twins(root))
     names = list(twins.layout.xaxis3.tickvals)
     assert len(names) <= MAX_ROWS and names[-1] == last_row and clipped_title_lines(twins) == []
