@@ -14,6 +14,10 @@ import torch
 
 from toxigs.analysis import (SYNTHETIC_C, SYNTHETIC_RUNS, CheckpointWeights, _tiny_gpt2, compare_updates, conflict_frame,
                              distance_matrix, find_runs, module_group, results_frame, synthetic_experiment)
+from toxigs.analysis import (MAX_ROWS, ONE_SEED_NOTE, TOXICITY_METRICS, clipped_title_lines,
+                             experiment_distances, experiment_twins, layer_conflict_frame,
+                             metric_columns, plot_conflict, plot_distances, plot_layer_conflict,
+                             plot_tradeoff, plot_update_comparison, surgery_pairs, tick_label)
 from toxigs.models import load_model
 from toxigs.train import TrainConfig, final_checkpoint, read_metrics, run
 
@@ -141,3 +145,32 @@ def test_committed_real_data_comparison_re_renders_from_its_small_files(tmp_path
     table = (tmp_path / "figures" / "results.md").read_text()
     assert table == (docs / "comparison" / "results.md").read_text()
     assert table.strip() in (docs / "README.md").read_text()
+
+
+@pytest.mark.parametrize("study, runs, last_row", [("toxigen-cpu", "runs", "transformer.ln_f"),
+                                                   ("gemma-cpu-pilot", ".", "model.norm")])
+def test_committed_study_figures_are_readable(study, runs, last_row):
+    "A committed study's figures, from its small files: whole titles, every tick and row named."
+    root = REPO / "docs" / study / runs
+    per_run, pairs = results_frame(root), surgery_pairs(find_runs(root))
+    toxicity = [c for c in metric_columns(per_run) if c.partition("@")[0] in TOXICITY_METRICS]
+    for column in toxicity:
+        fig = plot_tradeoff(per_run, column)
+        assert clipped_title_lines(fig) == [], column
+        assert [a.text for a in fig.layout.annotations if a.name == "note"] == [ONE_SEED_NOTE]
+        assert len([s for s in fig.layout.shapes if s.type == "line"]) == len(pairs)
+        axis = fig.layout.xaxis
+        if axis.type == "log":  # every tick labelled with its value, never a bare 2 or 5
+            assert list(axis.ticktext) == list(map(tick_label, axis.tickvals))
+            assert len(axis.tickvals) >= 3
+    twins = plot_update_comparison(experiment_twins(root))
+    names = list(twins.layout.xaxis3.tickvals)
+    assert len(names) <= MAX_ROWS and names[-1] == last_row and clipped_title_lines(twins) == []
+    layers = plot_layer_conflict(layer_conflict_frame(root))
+    for panel, heatmap in enumerate(layers.data, start=1):
+        axis = layers.layout[f"yaxis{panel if panel > 1 else ''}"]
+        assert list(axis.ticktext) == list(heatmap.y) and list(heatmap.y)[-1] == last_row
+    distances = plot_distances(experiment_distances(root)).data[0]
+    assert all(len(t.split(".")[-1]) == 2 for row in distances.text for t in row)  # one format
+    assert "×10" in distances.colorbar.title.text  # and its unit
+    assert clipped_title_lines(plot_conflict(conflict_frame(root))) == []

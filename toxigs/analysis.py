@@ -19,21 +19,25 @@ import torch
 
 from .evaluate import read_results
 from .models import LEVELS, module_group
-from .surgery import is_elementwise as is_elementwise_rule
-from .runs import CHECKSUMS_FILE, CONFIG_FILE, FINETUNE, METRICS_FILE, RESULTS_FILE
+from .objectives import OBJECTIVES
+from .surgery import RULES, is_elementwise as is_elementwise_rule
+from .runs import BASE_RUN, CHECKSUMS_FILE, CONFIG_FILE, FINETUNE, METRICS_FILE, RESULTS_FILE
 from .runs import SUMMARY_FILE, final_checkpoint, method_names, parse_method, read_json
 from .runs import read_metrics, verify_checkpoint, write_checksums
 
 # %% auto #0
-__all__ = ['SYNTHETIC_C', 'SYNTHETIC_SCORER', 'SYNTHETIC_SCORER_SHIFT', 'SYNTHETIC_RUNS', 'SYNTHETIC_LAYERS', 'RESULT_METRICS',
+__all__ = ['SYNTHETIC_C', 'SYNTHETIC_SCORER', 'SYNTHETIC_SCORER_SHIFT', 'SYNTHETIC_RUNS', 'SYNTHETIC_LAYERS', 'MAX_ROWS',
+           'FIGURE_WIDTH', 'TITLE_SIZE', 'BASE_STYLE', 'OTHER_STYLE', 'ONE_SEED_NOTE', 'ROW_HEIGHT', 'RESULT_METRICS',
            'TOXICITY_METRICS', 'METRIC_LABELS', 'COST_COLUMNS', 'SUMMARY_FILES', 'DISTANCES_FILE', 'TWINS_FILE', 'Run',
            'read_run', 'find_runs', 'select_runs', 'base_run', 'plain_twin', 'surgery_pairs', 'synthetic_experiment',
-           'checkpoint_dir', 'CheckpointWeights', 'distance_matrix', 'plot_distances', 'compare_updates',
-           'compare_twins', 'plot_update_comparison', 'is_elementwise', 'conflict_unit', 'conflict_frame',
-           'plot_conflict', 'layer_conflict_frame', 'plot_layer_conflict', 'scorer_label', 'metric_label',
-           'metric_columns', 'results_frame', 'scorer_reports', 'results_table', 'format_results_table', 'pareto_front',
-           'plot_tradeoff', 'costs_frame', 'summarize_experiment', 'experiment_distances', 'experiment_twins',
-           'save_figure', 'markdown_table', 'explorer']
+           'method_style', 'run_style', 'power_of_ten', 'unit_exponent', 'scaled_unit', 'tick_label', 'log_axis',
+           'figure_title', 'clipped_title_lines', 'one_seed_note', 'checkpoint_dir', 'CheckpointWeights',
+           'distance_matrix', 'plot_distances', 'compare_updates', 'compare_twins', 'pool_by_block',
+           'plot_update_comparison', 'is_elementwise', 'conflict_unit', 'conflict_frame', 'plot_conflict',
+           'layer_conflict_frame', 'plot_layer_conflict', 'scorer_label', 'metric_label', 'metric_columns',
+           'results_frame', 'scorer_reports', 'results_table', 'format_results_table', 'pareto_front', 'plot_tradeoff',
+           'costs_frame', 'summarize_experiment', 'experiment_distances', 'experiment_twins', 'save_figure',
+           'markdown_table', 'explorer']
 
 # %% ../nbs/06_analysis.ipynb #5762be63
 @dataclass(frozen=True)
@@ -442,6 +446,156 @@ def synthetic_experiment(
         (path / SUMMARY_FILE).write_text(json.dumps(_synthetic_summary(values, steps), indent=2))
     return root
 
+# %% ../nbs/06_analysis.ipynb #2ca86a59
+MAX_ROWS = 25  # past this many modules a per-module figure pools them by block
+FIGURE_WIDTH = 900  # pixels (before `save_figure`'s scale) that titles and ticks are laid out for
+TITLE_SIZE = 17  # plotly's title font size (1.4 times its 12-pixel font)
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")  # by objective
+_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "triangle-down", "cross", "x")  # by rule
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot", "3px,3px")  # by rule
+BASE_STYLE = dict(color="#555555", symbol="star", dash="solid")  # the fine-tuned base
+OTHER_STYLE = dict(color=_PALETTE[0], symbol="circle", dash="solid")  # a label that names no method
+ONE_SEED_NOTE = (
+    "One seed per method: the intervals are bootstrap intervals within a run, not over seeds."
+)
+
+
+def method_style(
+    method: str,  # a method name, or `base` / `finetune` for the base
+) -> dict:
+    "How every figure draws `method`: `color` by its objective, `symbol` and `dash` by its rule."
+    if method in (BASE_RUN, FINETUNE):
+        return dict(BASE_STYLE)
+    objective, rule = parse_method(method)
+    by_rule = list(RULES).index(rule)
+    return dict(
+        color=_PALETTE[list(OBJECTIVES).index(objective) % len(_PALETTE)],
+        symbol=_SYMBOLS[by_rule % len(_SYMBOLS)],
+        dash=_DASHES[by_rule % len(_DASHES)],
+    )
+
+
+def run_style(
+    name: str,  # a run name (`base`, `<method>-seed<seed>`) or any other label
+) -> dict:
+    "`method_style` of the run named `name`; `OTHER_STYLE` for a label that names no method."
+    named = _RUN_NAME.match(name)
+    try:
+        return method_style(named["method"] if named else name)
+    except ValueError:
+        return dict(OTHER_STYLE)
+
+
+_SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def power_of_ten(
+    exponent: int,  # e.g. -3
+) -> str:
+    "Ten to the `exponent` as text: `10⁻³`."
+    return "10" + str(exponent).translate(_SUPERSCRIPTS)
+
+
+def unit_exponent(
+    values,  # numbers; NaN, infinities and zeros are left out
+) -> int:
+    "The power of ten that brings the largest |value| into [1, 10) (0 when there is none)."
+    magnitudes = np.abs(np.asarray(values, float)).reshape(-1)
+    magnitudes = magnitudes[np.isfinite(magnitudes) & (magnitudes > 0)]
+    return math.floor(math.log10(magnitudes.max())) if len(magnitudes) else 0
+
+
+def scaled_unit(
+    exponent: int,  # numbers are shown divided by ten to this power
+) -> str:
+    "The unit of numbers shown divided by ten to the `exponent`: `×10⁻³` (empty for 0)."
+    return f"×{power_of_ten(exponent)}" if exponent else ""
+
+
+def tick_label(
+    value: float,  # a tick of a log axis: 1, 2 or 5 times a power of ten
+) -> str:
+    "A log-axis tick as its full value: `30`, `2000`, `5×10⁵`, `10⁶`."
+    if 1e-3 <= value < 1e4:
+        return f"{value:g}"
+    exponent = math.floor(math.log10(value))
+    mantissa = round(value / 10.0**exponent, 3)
+    return power_of_ten(exponent) if mantissa == 1 else f"{mantissa:g}×{power_of_ten(exponent)}"
+
+
+def log_axis(
+    values,  # the positive values the axis shows
+) -> dict:
+    """A log axis over `values`: ticks at 1, 2 and 5 × 10ⁿ (10ⁿ alone past four decades), each
+    labelled with its full value (`tick_label`)."""
+    logs = np.log10(np.asarray(values, float))
+    pad = 0.06 * max(logs.max() - logs.min(), 1.0)
+    low, high = logs.min() - pad, logs.max() + pad
+    mantissas = (1, 2, 5) if high - low <= 4 else (1,)
+    ticks = [m * 10.0**e for e in range(math.floor(low), math.ceil(high) + 1) for m in mantissas]
+    ticks = [t for t in ticks if low <= math.log10(t) <= high]
+    return dict(
+        type="log", range=[low, high], tickvals=ticks, ticktext=list(map(tick_label, ticks))
+    )
+
+
+def figure_title(
+    text: str,  # what the figure shows, in one short line
+    how_to_read: str = "",  # a smaller second line: what the colours, marks and lines mean
+) -> dict:
+    "A figure's title: one short line and, smaller below it, how to read the figure."
+    return dict(text=text + (f"<br><sup>{how_to_read}</sup>" if how_to_read else ""))
+
+
+def clipped_title_lines(
+    fig,  # a plotly figure
+    char_width: float = 0.6,  # a wide estimate of a character's width in Arial, in font sizes
+) -> list[str]:
+    "The lines of `fig`'s title that would not fit its width (an estimate; [] when all fit)."
+    width = fig.layout.width or 700  # plotly's default width
+    lines = (fig.layout.title.text or "").split("<br>")
+    too_wide = []
+    for line in lines:
+        size = TITLE_SIZE * (0.7 if line.startswith("<sup>") else 1.0)  # <sup>: 70%
+        text = re.sub("<[^>]+>", "", line)
+        if len(text) * char_width * size > (0.95 - (fig.layout.title.x or 0.05)) * width:
+            too_wide.append(text)
+    return too_wide
+
+
+def one_seed_note(
+    results: pd.DataFrame,  # `results_frame` (a row per run) or `results_table` (a row per method)
+) -> str | None:
+    "`ONE_SEED_NOTE` when every unlearning method in `results` rests on one seed, else None."
+    frame = results if "method" in results else results.reset_index()
+    frame = frame[~frame["method"].isin([FINETUNE, BASE_RUN])]  # the base is one run anyway
+    if "n_seeds" in frame:
+        seeds = frame["n_seeds"]
+    else:
+        seeds = frame.groupby("method")["seed"].nunique()
+    return ONE_SEED_NOTE if len(frame) and (seeds == 1).all() else None
+
+
+def _add_note(
+    fig,  # a plotly figure with one plot area
+    note: str | None,  # the note (None: nothing added)
+):
+    "A note under the plot area, in the annotation named `note`."
+    if note:
+        fig.add_annotation(
+            text=note,
+            name="note",
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=0,
+            xanchor="left",
+            yanchor="top",
+            yshift=-62,
+            showarrow=False,
+            font=dict(size=13, color="#a04000"),
+        )
+
 # %% ../nbs/06_analysis.ipynb #043f6139
 def _has_weights(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() or (
@@ -595,35 +749,58 @@ def distance_matrix(
     )
 
 # %% ../nbs/06_analysis.ipynb #ac5f6b2a
+def _linear_ticks(
+    high: float,  # the largest value (in the unit shown)
+    count: int = 5,  # at most this many steps
+) -> np.ndarray:
+    "Ticks from 0 to `high` at a step of 1, 2, 2.5 or 5 times a power of ten."
+    if not high > 0:
+        return np.array([0.0])
+    power = 10.0 ** math.floor(math.log10(high / count))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if high / (m * power) <= count)
+    return np.arange(0, high + step / 1e6, step)
+
+
 def plot_distances(
     distances: pd.DataFrame,  # `distance_matrix(...)`
     title: str = "RMS distance between final weights",
 ):
-    "The distance matrix as an annotated heatmap (first run at the top left)."
+    """The distance matrix as an annotated heatmap (first run at the top left), every number in one
+    unit (`×10ⁿ`, stated in the colour bar) and one format."""
     import plotly.graph_objects as go
 
+    exponent = unit_exponent(distances.to_numpy())
+    scale, unit = 10.0**-exponent, scaled_unit(exponent)
+    ticks = _linear_ticks(np.nanmax(distances.to_numpy()) * scale)
     fig = go.Figure(
         go.Heatmap(
             z=distances.to_numpy(),
             x=list(distances.columns),
             y=list(distances.index),
             colorscale="Viridis",
-            texttemplate="%{z:.3g}",
-            colorbar=dict(title="RMS"),
-            hovertemplate="%{y} vs %{x}: %{z:.4g}<extra></extra>",
+            text=[[f"{value * scale:.2f}" for value in row] for row in distances.to_numpy()],
+            texttemplate="%{text}",
+            colorbar=dict(
+                title=f"RMS<br>({unit})" if unit else "RMS",
+                tickvals=ticks / scale,
+                ticktext=[f"{tick:.2f}" for tick in ticks],
+            ),
+            hovertemplate=f"%{{y}} vs %{{x}}: %{{text}} {unit}<extra></extra>",
         )
     )
-    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(distances.index))
+    fig.update_xaxes(tickmode="array", tickvals=list(distances.columns), tickangle=30)
     fig.update_layout(
-        title=title,
+        title=figure_title(title, f"over all parameters, in units of {unit[1:]}" if unit else ""),
         template="plotly_white",
-        width=200 + 70 * len(distances),
-        height=150 + 60 * len(distances),
+        width=max(FIGURE_WIDTH, 260 + 80 * len(distances)),
+        height=200 + 60 * len(distances),
     )
     return fig
 
 # %% ../nbs/06_analysis.ipynb #a550a303
 _SUMS = ("n", "dot", "surgery_sq", "twin_sq", "diff_sq")
+_UPDATE_STATISTICS = ["cosine", "rms_diff", "rms_surgery", "rms_twin", "log_rms_ratio"]
 
 
 def compare_updates(
@@ -655,19 +832,26 @@ def compare_updates(
             sums[group] = sums.get(group, 0) + values
     frame = pd.DataFrame.from_dict(sums, orient="index", columns=list(_SUMS))
     frame = pd.concat([frame.drop(index="all"), frame.loc[["all"]]]) if level != "model" else frame
-    with np.errstate(divide="ignore", invalid="ignore"):
-        result = pd.DataFrame(
-            {
-                "n_params": frame["n"].astype(int),
-                "cosine": frame["dot"] / np.sqrt(frame["surgery_sq"] * frame["twin_sq"]),
-                "rms_diff": np.sqrt(frame["diff_sq"] / frame["n"]),
-                "rms_surgery": np.sqrt(frame["surgery_sq"] / frame["n"]),
-                "rms_twin": np.sqrt(frame["twin_sq"] / frame["n"]),
-                "log_rms_ratio": 0.5 * np.log(frame["surgery_sq"] / frame["twin_sq"]),
-            }
-        )
+    result = _update_statistics(frame)
     result.index.name = "group"
     return result
+
+
+def _update_statistics(
+    sums: pd.DataFrame,  # per group, the columns of `_SUMS`
+) -> pd.DataFrame:
+    "Per group: its parameter count, the cosine of the two updates and their RMS statistics."
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return pd.DataFrame(
+            {
+                "n_params": sums["n"].astype(int),
+                "cosine": sums["dot"] / np.sqrt(sums["surgery_sq"] * sums["twin_sq"]),
+                "rms_diff": np.sqrt(sums["diff_sq"] / sums["n"]),
+                "rms_surgery": np.sqrt(sums["surgery_sq"] / sums["n"]),
+                "rms_twin": np.sqrt(sums["twin_sq"] / sums["n"]),
+                "log_rms_ratio": 0.5 * np.log(sums["surgery_sq"] / sums["twin_sq"]),
+            }
+        )
 
 
 def compare_twins(
@@ -689,83 +873,120 @@ def compare_twins(
         .assign(pair=f"{s.name} vs {t.name}", surgery=s.name, twin=t.name)
         for s, t in pairs
     ]
-    columns = [
-        "pair",
-        "surgery",
-        "twin",
-        "group",
-        "n_params",
-        "cosine",
-        "rms_diff",
-        "rms_surgery",
-        "rms_twin",
-        "log_rms_ratio",
-    ]
+    columns = ["pair", "surgery", "twin", "group", "n_params", *_UPDATE_STATISTICS]
     return pd.concat(frames, ignore_index=True)[columns]
 
 # %% ../nbs/06_analysis.ipynb #cba2295a
+def _update_sums(
+    comparison: pd.DataFrame,  # rows of `compare_updates` statistics
+) -> pd.DataFrame:
+    "The sums behind each row (the columns of `_SUMS`), recovered from its RMS values and cosine."
+    n = comparison["n_params"].astype(float)
+    surgery_sq, twin_sq = comparison["rms_surgery"] ** 2 * n, comparison["rms_twin"] ** 2 * n
+    dot = comparison["cosine"] * np.sqrt(surgery_sq * twin_sq)
+    return pd.DataFrame(
+        {
+            "n": n,
+            "dot": dot.fillna(0.0),  # an update that is zero: no inner product
+            "surgery_sq": surgery_sq,
+            "twin_sq": twin_sq,
+            "diff_sq": comparison["rms_diff"] ** 2 * n,
+        }
+    )
+
+
+def pool_by_block(
+    comparison: pd.DataFrame,  # `compare_twins(...)` or `experiment_twins(...)`, by module
+) -> pd.DataFrame:
+    """The comparison with its groups pooled by transformer block (model order, then `all`), as
+    `compare_twins(..., level="block")` gives it."""
+    keys = [c for c in ("pair", "surgery", "twin") if c in comparison]
+    blocks = [g if g == "all" else module_group(f"{g}.weight", "block") for g in comparison.group]
+    sums = _update_sums(comparison).assign(group=blocks, **{k: comparison[k] for k in keys})
+    pooled = _update_statistics(sums.groupby([*keys, "group"], sort=False)[list(_SUMS)].sum())
+    return pooled.reset_index()[[*keys, "group", *pooled.columns]]
+
+
+_UPDATE_PANELS = [
+    ("cosine", "cos(Δ surgery, Δ sum)"),
+    ("rms_diff", "RMS(Δ surgery − Δ sum)"),
+    ("log_rms_ratio", "log RMS(Δ surgery) / RMS(Δ sum)"),
+]
+
+
+def _pair_label(
+    pair: str,  # `<surgery run> vs <twin>`
+    rows: pd.DataFrame,  # the pair's rows, `all` among them where the table has it
+) -> str:
+    "The pair's legend entry, with its whole-model cosine and log ratio."
+    whole = rows[rows.group == "all"]
+    if not len(whole):
+        return pair
+    cosine, ratio = whole.cosine.iloc[0], whole.log_rms_ratio.iloc[0]
+    return f"{pair} (all: cos {cosine:.2f}, log ratio {ratio:.2f})"
+
+
 def plot_update_comparison(
     comparison: pd.DataFrame,  # `compare_twins(...)`, or `compare_updates(...)` with `pair`
+    max_rows: int = MAX_ROWS,  # past this many modules, pool them by block (`pool_by_block`)
 ):
-    """Per module: cosine of surgery and plain-sum updates, RMS of their difference, and log RMS
-    ratio; one line per pair."""
+    """Per module (per block past `max_rows` modules), every one named: cosine of surgery and
+    plain-sum updates, RMS of their difference, log RMS ratio; a line per pair."""
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
 
-    panels = [
-        ("cosine", "cos(Δ surgery, Δ sum)"),
-        ("rms_diff", "RMS(Δ surgery − Δ sum)"),
-        ("log_rms_ratio", "log RMS(Δ surgery) / RMS(Δ sum)"),
-    ]
+    if "pair" not in comparison:
+        comparison = comparison.reset_index().assign(pair="surgery vs twin")
+    n_modules = comparison.group[comparison.group != "all"].nunique()
+    pooled = n_modules > max_rows
+    comparison = pool_by_block(comparison) if pooled else comparison
+    groups = list(dict.fromkeys(comparison.group[comparison.group != "all"]))
     fig = make_subplots(
         rows=3,
         cols=1,
         shared_xaxes=True,
-        subplot_titles=[t for _, t in panels],
+        subplot_titles=[t for _, t in _UPDATE_PANELS],
         vertical_spacing=0.07,
     )
-    comparison = (
-        comparison
-        if "pair" in comparison
-        else comparison.reset_index().assign(pair="surgery vs twin")
-    )
-    for k, (pair, rows) in enumerate(comparison.groupby("pair", sort=False)):
-        modules, whole = rows[rows.group != "all"], rows[rows.group == "all"]
-        label = pair + (
-            f" (all: cos {whole.cosine.iloc[0]:.2f}, log ratio {whole.log_rms_ratio.iloc[0]:.2f})"
-            if len(whole)
-            else ""
-        )
-        for row, (column, _) in enumerate(panels, start=1):
+    for pair, rows in comparison.groupby("pair", sort=False):
+        style = run_style(rows.surgery.iloc[0]) if "surgery" in rows else dict(OTHER_STYLE)
+        modules = rows[rows.group != "all"]
+        for row, (column, _) in enumerate(_UPDATE_PANELS, start=1):
             fig.add_trace(
                 go.Scatter(
                     x=modules.group,
                     y=modules[column],
                     mode="lines+markers",
-                    name=label,
+                    name=_pair_label(pair, rows),
                     legendgroup=pair,
                     showlegend=row == 1,
-                    line=dict(color=_color(k)),
+                    line=dict(color=style["color"], dash=style["dash"], width=2),
+                    marker=dict(color=style["color"], symbol=style["symbol"], size=7),
                 ),
                 row=row,
                 col=1,
             )
     fig.add_hline(y=0, line=dict(color="grey", width=1, dash="dot"), row=3, col=1)
-    fig.update_xaxes(tickangle=45, row=3, col=1)
+    fig.update_xaxes(categoryorder="array", categoryarray=groups)
+    fig.update_xaxes(tickmode="array", tickvals=groups, ticktext=groups, tickangle=45, row=3, col=1)
+    fig.update_yaxes(nticks=6)
+    fig.update_yaxes(exponentformat="power", row=2, col=1)  # 2×10⁻⁶, not plotly's 2µ
+    unit = "block" if pooled else "module"
+    labels_px = 20 + 4.5 * max(map(len, groups), default=0)  # tick labels at 45°, 12 px
+    legend_px = 30 * comparison.pair.nunique() + 20
+    pooling = f"; its {n_modules} modules pooled into {len(groups)} blocks" if pooled else ""
     fig.update_layout(
-        title="Surgery against its plain-sum twin, per module (updates from the fine-tuned start)",
+        title=figure_title(
+            f"Surgery against its plain-sum twin, per {unit}",
+            f"updates from the fine-tuned start{pooling}; colour: objective, dash: rule",
+        ),
         template="plotly_white",
-        height=900,
-        legend=dict(orientation="h", y=-0.25),
+        width=FIGURE_WIDTH,
+        height=820 + legend_px,
+        margin=dict(b=labels_px + legend_px),
+        legend=dict(orientation="h", yref="container", yanchor="bottom", y=0, x=0),
     )
     return fig
-
-
-def _color(i: int) -> str:
-    import plotly.express as px
-
-    palette = px.colors.qualitative.Plotly
-    return palette[i % len(palette)]
 
 # %% ../nbs/06_analysis.ipynb #34eb7937
 def is_elementwise(method: str) -> bool:
@@ -831,7 +1052,7 @@ def plot_conflict(
     angle: bool = False,  # show the angle in degrees instead of the cosine
 ):
     """Per run over steps: forget/retain cosine (or angle), conflict frequency and, where any, the
-    share of conflicting elements."""
+    share of conflicting elements; colour by objective, dash by rule."""
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
 
@@ -851,7 +1072,8 @@ def plot_conflict(
         subplot_titles=[t for _, t in panels],
         vertical_spacing=0.08,
     )
-    for k, (run, rows) in enumerate(conflicts.groupby("run", sort=False)):
+    for run, rows in conflicts.groupby("run", sort=False):
+        style = method_style(rows["method"].iloc[0])
         for row, (column, _) in enumerate(panels, start=1):
             if rows[column].isna().all():
                 continue
@@ -863,7 +1085,7 @@ def plot_conflict(
                     name=run,
                     legendgroup=run,
                     showlegend=row == 1,
-                    line=dict(color=_color(k)),
+                    line=dict(color=style["color"], dash=style["dash"], width=2),
                 ),
                 row=row,
                 col=1,
@@ -874,8 +1096,11 @@ def plot_conflict(
         fig.update_yaxes(range=[-0.03, 1.03], row=row, col=1)
     fig.update_xaxes(title_text="step", row=len(panels), col=1)
     fig.update_layout(
-        title="Forget/retain gradient conflict over training",
+        title=figure_title(
+            "Forget/retain gradient conflict over training", "colour: objective, dash: rule"
+        ),
         template="plotly_white",
+        width=FIGURE_WIDTH,
         height=270 * len(panels),
     )
     return fig
@@ -932,58 +1157,73 @@ def layer_conflict_frame(
     return pd.concat(frames, ignore_index=True)[columns]
 
 # %% ../nbs/06_analysis.ipynb #1b61f25c
+ROW_HEIGHT = 18  # pixels per heatmap row: room for its label
+
+
+def _layer_grid(
+    rows: pd.DataFrame,  # one run's rows of `layer_conflict_frame`
+    column: str,  # the value to show
+) -> tuple[pd.DataFrame, list[str]]:
+    "A block × step grid of `column` for one run, and the block names in model order."
+    grid = rows.pivot(index="layer_index", columns="step", values=column).sort_index()
+    names = rows.drop_duplicates("layer_index").set_index("layer_index").layer.reindex(grid.index)
+    return grid, list(names)
+
+
 def plot_layer_conflict(
     layer_conflicts: pd.DataFrame,  # `layer_conflict_frame(...)`
     angle: bool = False,  # show angles in degrees instead of cosines
 ):
-    """One heatmap per run: the forget/retain cosine (or angle) of every block over training steps;
-    red conflicts, blue agrees."""
+    """One heatmap per run: the forget/retain cosine (or angle) of every block over training steps,
+    every block named; red conflicts, blue agrees."""
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
 
     runs = list(dict.fromkeys(layer_conflicts.run))
-    column, title = ("angle_deg", "angle (degrees)") if angle else ("cosine", "cosine")
+    column, unit, number = (
+        ("angle_deg", "angle (°)", ".0f") if angle else ("cosine", "cosine", ".2f")
+    )
+    panel = 30 + ROW_HEIGHT * layer_conflicts.groupby("run").layer_index.nunique().max()
+    gap = 50  # room for a panel's title
+    height = 150 + len(runs) * (panel + gap)
     fig = make_subplots(
         rows=len(runs),
         cols=1,
         shared_xaxes=True,
         subplot_titles=runs,
-        vertical_spacing=min(0.08, 0.3 / len(runs)),
+        vertical_spacing=gap / height,
     )
     for row, run in enumerate(runs, start=1):
-        grid = (
-            layer_conflicts[layer_conflicts.run == run]
-            .pivot(index="layer_index", columns="step", values=column)
-            .sort_index()
-        )
-        names = (
-            layer_conflicts[layer_conflicts.run == run]
-            .drop_duplicates("layer_index")
-            .set_index("layer_index")
-            .layer.reindex(grid.index)
-        )
+        grid, names = _layer_grid(layer_conflicts[layer_conflicts.run == run], column)
         fig.add_trace(
             go.Heatmap(
                 z=grid.to_numpy(),
                 x=grid.columns,
-                y=list(names),
+                y=names,
                 colorscale="RdBu_r" if angle else "RdBu",
                 zmin=0 if angle else -1,
                 zmax=180 if angle else 1,
                 zmid=90 if angle else 0,
                 coloraxis=None,
                 showscale=row == 1,
-                colorbar=dict(title=title),
+                colorbar=dict(title=unit, tickformat=number),
+                hovertemplate=f"{run}, step %{{x}}<br>%{{y}}: %{{z:{number}}}<extra></extra>",
             ),
             row=row,
             col=1,
         )
+        fig.update_yaxes(tickmode="array", tickvals=names, ticktext=names, row=row, col=1)
     fig.update_xaxes(title_text="step", row=len(runs), col=1)
-    fig.update_yaxes(autorange="reversed")  # the embeddings on top, as in the model
+    fig.update_yaxes(autorange="reversed", tickfont=dict(size=11))  # embeddings on top
+    what = "angle" if angle else "cosine"
     fig.update_layout(
-        title="Forget/retain gradient cosine per block over training",
+        title=figure_title(
+            f"Forget/retain gradient {what} per block over training",
+            "red: the block's gradients conflict; blue: they agree; every block named",
+        ),
         template="plotly_white",
-        height=140 + 200 * len(runs),
+        width=FIGURE_WIDTH,
+        height=height,
     )
     return fig
 
@@ -1182,74 +1422,125 @@ def pareto_front(
     return front
 
 # %% ../nbs/06_analysis.ipynb #7d863320
+def _check_toxicity(
+    results: pd.DataFrame,  # a results frame or table
+    toxicity: str,  # the toxicity column asked for
+):
+    "Stop unless `toxicity` is a toxicity column of `results`, naming those it has."
+    if toxicity.partition("@")[0] in TOXICITY_METRICS and toxicity in results:
+        return
+    choices = [
+        c
+        for c in metric_columns(results)
+        if c.partition("@")[0] in TOXICITY_METRICS and c in results
+    ]
+    raise ValueError(f"unknown toxicity metric {toxicity!r}; choose one of: {', '.join(choices)}")
+
+
+def _tradeoff_points(
+    results: pd.DataFrame,  # `results_frame` or `results_table`
+    toxicity: str,  # the y column
+    perplexity: str,  # the x column
+) -> pd.DataFrame:
+    "A row per point: its label (run or method), method (`base` for the base) and Pareto front."
+    frame = results.reset_index() if "run" not in results else results.copy()
+    frame["label"] = frame["run"] if "run" in frame else frame["method"]
+    frame["method"] = frame["method"].replace({FINETUNE: BASE_RUN})
+    frame["front"] = pareto_front(frame[perplexity], frame[toxicity])
+    return frame
+
+
+def _error_bars(
+    rows: pd.DataFrame,  # points
+    column: str,  # the column whose interval is drawn
+) -> dict | None:
+    "Error bars from `<column>_low` and `<column>_high` (None where the frame has no interval)."
+    if f"{column}_low" not in rows:
+        return None
+    return dict(
+        type="data",
+        symmetric=False,
+        array=rows[f"{column}_high"] - rows[column],
+        arrayminus=rows[column] - rows[f"{column}_low"],
+        thickness=1,
+    )
+
+
+def _method_points(
+    method: str,  # the method (`base` for the base)
+    rows: pd.DataFrame,  # its points
+    toxicity: str,  # the y column
+    perplexity: str,  # the x column
+):
+    "A method's points: its objective's colour, its rule's marker, ringed where on the front."
+    import plotly.graph_objects as go
+
+    style = method_style(method)
+    size = 15 if method == BASE_RUN else 11
+    return go.Scatter(
+        x=rows[perplexity],
+        y=rows[toxicity],
+        mode="markers",
+        name=method,
+        text=rows["label"],
+        error_y=_error_bars(rows, toxicity),
+        error_x=_error_bars(rows, perplexity),
+        marker=dict(
+            size=np.where(rows["front"], size + 5, size),
+            color=style["color"],
+            symbol=style["symbol"],
+            line=dict(width=np.where(rows["front"], 2.5, 0).tolist(), color="black"),
+        ),
+        hovertemplate="%{text}<br>"
+        + perplexity
+        + " %{x:.4g}<br>"
+        + toxicity
+        + " %{y:.4g}<extra></extra>",
+    )
+
+
+def _twin_segments(
+    frame: pd.DataFrame,  # `_tradeoff_points(...)`
+    toxicity: str,  # the y column
+    perplexity: str,  # the x column
+) -> list[dict]:
+    """A dotted line, in the objective's colour, from each surgery point to its plain-sum twin's
+    (the twin with the same seed, where the points are runs)."""
+    seeds = frame["seed"] if "seed" in frame else pd.Series(0, index=frame.index)
+    points = {
+        (method, seed): (x, y)
+        for method, seed, x, y in zip(frame.method, seeds, frame[perplexity], frame[toxicity])
+        if np.isfinite([x, y]).all()
+    }
+    segments = []
+    for (method, seed), (x, y) in points.items():
+        twin = None if method == BASE_RUN else plain_twin(method)
+        if (twin, seed) not in points:
+            continue
+        x1, y1 = points[(twin, seed)]
+        line = dict(color=method_style(method)["color"], width=2, dash="dot")
+        segments.append(
+            dict(type="line", x0=x, y0=y, x1=x1, y1=y1, line=line, layer="below", name=method)
+        )
+    return segments
+
+
 def plot_tradeoff(
     results: pd.DataFrame,  # `results_frame` (a point per run) or `results_table` (per method)
     toxicity: str = "expected_max_toxicity",  # a toxicity column, or `<metric>@<scorer>`
     perplexity: str = "word_perplexity",  # the utility metric on the x axis
 ):
-    """Toxicity against word perplexity, a colour per method, with intervals and the Pareto front
-    (non-dominated points ringed)."""
+    """Toxicity against word perplexity: colour by objective, marker by rule, a dotted segment from
+    each surgery run to its plain-sum twin, intervals, and the Pareto front (ringed)."""
     import plotly.graph_objects as go
 
-    if toxicity.partition("@")[0] not in TOXICITY_METRICS or toxicity not in results:
-        choices = [
-            c
-            for c in metric_columns(results)
-            if c.partition("@")[0] in TOXICITY_METRICS and c in results
-        ]
-        raise ValueError(
-            f"unknown toxicity metric {toxicity!r}; choose one of: {', '.join(choices)}"
-        )
-    frame = results.reset_index() if "run" not in results else results.copy()
-    frame["label"] = frame["run"] if "run" in frame else frame["method"]
-    frame["method"] = frame["method"].replace({FINETUNE: "base"})
-    frame["front"] = pareto_front(frame[perplexity], frame[toxicity])
+    _check_toxicity(results, toxicity)
+    frame = _tradeoff_points(results, toxicity, perplexity)
     fig = go.Figure()
-    for k, (method, rows) in enumerate(frame.groupby("method", sort=False)):
-        error_y = (
-            dict(
-                type="data",
-                symmetric=False,
-                array=rows[f"{toxicity}_high"] - rows[toxicity],
-                arrayminus=rows[toxicity] - rows[f"{toxicity}_low"],
-                thickness=1,
-            )
-            if f"{toxicity}_low" in rows
-            else None
-        )
-        error_x = (
-            dict(
-                type="data",
-                symmetric=False,
-                array=rows[f"{perplexity}_high"] - rows[perplexity],
-                arrayminus=rows[perplexity] - rows[f"{perplexity}_low"],
-                thickness=1,
-            )
-            if f"{perplexity}_low" in rows
-            else None
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=rows[perplexity],
-                y=rows[toxicity],
-                mode="markers",
-                name=method,
-                text=rows["label"],
-                error_y=error_y,
-                error_x=error_x,
-                marker=dict(
-                    size=np.where(rows["front"], 14, 9),
-                    color=_color(k),
-                    symbol="circle",
-                    line=dict(width=np.where(rows["front"], 2.5, 0).tolist(), color="black"),
-                ),
-                hovertemplate="%{text}<br>"
-                + perplexity
-                + " %{x:.4g}<br>"
-                + toxicity
-                + " %{y:.4g}<extra></extra>",
-            )
-        )
+    for method, rows in frame.groupby("method", sort=False):
+        fig.add_trace(_method_points(method, rows, toxicity, perplexity))
+    for segment in _twin_segments(frame, toxicity, perplexity):
+        fig.add_shape(segment)
     front = frame[frame["front"]].sort_values(perplexity)
     fig.add_trace(
         go.Scatter(
@@ -1261,16 +1552,21 @@ def plot_tradeoff(
         )
     )
     fig.update_layout(
-        title=f"{metric_label(toxicity)} against {metric_label(perplexity)} (lower is better on "
-        "both; ringed: Pareto front)",
+        title=figure_title(
+            f"{metric_label(toxicity)} against {metric_label(perplexity)}",
+            "lower is better on both; ringed: Pareto front; dotted: surgery run to plain-sum twin",
+        ),
         xaxis_title=f"{metric_label(perplexity)} (utility text)",
         yaxis_title=metric_label(toxicity),
         template="plotly_white",
-        height=500,
+        width=FIGURE_WIDTH,
+        height=580,
+        margin=dict(b=110),
     )
     values = frame[perplexity].dropna()
     if len(values) and values.min() > 0 and values.max() / values.min() > 100:
-        fig.update_xaxes(type="log")  # spans decades
+        fig.update_xaxes(**log_axis(values))  # spans decades
+    _add_note(fig, one_seed_note(results))
     return fig
 
 # %% ../nbs/06_analysis.ipynb #6131117a
