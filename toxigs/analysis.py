@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -16,6 +17,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from IPython.display import display
+from plotly.subplots import make_subplots
+from safetensors import safe_open
+from scipy import stats
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from .evaluate import read_results
 from .models import LEVELS, module_group
@@ -257,7 +266,6 @@ SYNTHETIC_RUNS = {
 
 
 def _tiny_gpt2(seed: int = 0):
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -621,7 +629,6 @@ def checkpoint_dir(
 
 def _parameter_keys(folder: Path, stored: Sequence[str]) -> dict[str, str]:
     "Each parameter's name (model order, tied parameters once) -> the key the files store it under."
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
         with torch.device("meta"):
@@ -647,7 +654,6 @@ class CheckpointWeights:
     "A checkpoint's parameters, read one at a time (fp32), each tied parameter once."
 
     def __init__(self, checkpoint: Run | str | Path):  # a run, run directory or checkpoint folder
-        from safetensors import safe_open
 
         self.path = checkpoint_dir(checkpoint)
         if (self.path / CHECKSUMS_FILE).exists():
@@ -767,7 +773,6 @@ def plot_distances(
 ):
     """The distance matrix as an annotated heatmap (first run at the top left), every number in one
     unit (`×10ⁿ`, stated in the colour bar) and one format."""
-    import plotly.graph_objects as go
 
     exponent = unit_exponent(distances.to_numpy())
     scale, unit = 10.0**-exponent, scaled_unit(exponent)
@@ -932,8 +937,6 @@ def plot_update_comparison(
 ):
     """Per module (per block past `max_rows` modules), every one named: cosine of surgery and
     plain-sum updates, RMS of their difference, log RMS ratio; a line per pair."""
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
 
     if "pair" not in comparison:
         comparison = comparison.reset_index().assign(pair="surgery vs twin")
@@ -1053,8 +1056,6 @@ def plot_conflict(
 ):
     """Per run over steps: forget/retain cosine (or angle), conflict frequency and, where any, the
     share of conflicting elements; colour by objective, dash by rule."""
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
 
     window_note = "rolling mean"
     panels = [
@@ -1176,8 +1177,6 @@ def plot_layer_conflict(
 ):
     """One heatmap per run: the forget/retain cosine (or angle) of every block over training steps,
     every block named; red conflicts, blue agrees."""
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
 
     runs = list(dict.fromkeys(layer_conflicts.run))
     column, unit, number = (
@@ -1348,7 +1347,6 @@ def results_table(
 ) -> pd.DataFrame:
     """One row per method (base first): a single seed's values and bootstrap intervals, or the mean
     over seeds with a t-interval."""
-    from scipy import stats
 
     order = {m: i for i, m in enumerate(method_names())}
     rows = []
@@ -1473,7 +1471,6 @@ def _method_points(
     perplexity: str,  # the x column
 ):
     "A method's points: its objective's colour, its rule's marker, ringed where on the front."
-    import plotly.graph_objects as go
 
     style = method_style(method)
     size = 15 if method == BASE_RUN else 11
@@ -1532,7 +1529,6 @@ def plot_tradeoff(
 ):
     """Toxicity against word perplexity: colour by objective, marker by rule, a dotted segment from
     each surgery run to its plain-sum twin, intervals, and the Pareto front (ringed)."""
-    import plotly.graph_objects as go
 
     _check_toxicity(results, toxicity)
     frame = _tradeoff_points(results, toxicity, perplexity)
@@ -1682,8 +1678,6 @@ def experiment_twins(
 def _point_kaleido_at_chromium():
     """Kaleido finds `chromium` and Chrome itself, not Debian's `chromium-headless-shell`: name it
     in BROWSER_PATH when it is the one there."""
-    import os, shutil
-
     if (
         "BROWSER_PATH" not in os.environ
         and not shutil.which("chromium")
@@ -1748,8 +1742,6 @@ def explorer(
 ):
     """An ipywidgets control: choose runs and metrics, see the trade-off, conflict and weight-space
     figures."""
-    import ipywidgets as widgets
-    from IPython.display import display
 
     runs = find_runs(runs_dir)
     chosen = widgets.SelectMultiple(
