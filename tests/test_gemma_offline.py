@@ -122,7 +122,9 @@ def test_second_call_reuses_the_folder(converted, monkeypatch):
 
 
 def test_command_line_prints_the_folder(converted):
-    out = subprocess.run([sys.executable, "-m", "toxigs.models", GEMMA_OFFLINE, "--out", str(converted.folder)],
+    script = Path(sys.executable).with_name("toxigs-models")  # the console script pip installs beside python
+    assert script.exists(), "toxigs is installed without its console scripts: pip install -e ."
+    out = subprocess.run([str(script), GEMMA_OFFLINE, "--out", str(converted.folder)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(converted.folder)

@@ -1,5 +1,7 @@
 """The house rules a reader relies on: which module may import which, and exported lines within 100 columns."""
 import ast
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +43,16 @@ def test_ci_refuses_an_exported_line_over_100_columns(tmp_path):
     out = subprocess.run(checker + [str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 1 and "module.py:2: 101 columns" in out.stdout
     assert "python .ci/long_lines.py" in (REPO / ".ci" / "run").read_text()
+
+
+def test_notebooks_show_results_without_running():
+    "Key pictures are PNGs under nbs/images/ shown by the notebooks; small text outputs are kept."
+    module_notebooks = sorted((REPO / "nbs").glob("[0-9]*.ipynb"))
+    cells = {nb.stem: json.loads(nb.read_text())["cells"] for nb in module_notebooks}
+    for name in ("02_surgery", "03_train", "06_analysis"):
+        markdown = "".join("".join(c["source"]) for c in cells[name] if c["cell_type"] == "markdown")
+        images = re.findall(r"\]\((images/[^)]+\.png)\)", markdown)
+        assert images, f"{name} shows no figure without running (python scripts/keep_outputs.py)"
+        assert all((REPO / "nbs" / image).is_file() for image in images), images
+    kept = sum(bool(c.get("outputs")) for notebook in cells.values() for c in notebook)
+    assert kept >= 10, f"only {kept} cells keep an output"

@@ -11,7 +11,7 @@ import sys
 from typing import Callable, Iterable
 
 # %% auto #0
-__all__ = ['BAD_INPUT', 'check_number', 'check_choice', 'check_names', 'check_field_types', 'run_command']
+__all__ = ['BAD_INPUT', 'check_number', 'check_choice', 'check_names', 'check_field_types', 'run_command', 'first_line']
 
 # %% ../nbs/00_checks.ipynb #7fe553d9
 def _interval(low, high, low_open: bool, high_open: bool) -> str:
@@ -119,3 +119,8 @@ def run_command(
         if not isinstance(error, BAD_INPUT) and not getattr(error, "bad_input", False):
             raise
         sys.exit(f"{program}: {error}")
+
+# %% ../nbs/00_checks.ipynb #a2c54994
+def first_line(error: BaseException) -> str:
+    "The first line of an error's message (another library's may run on for a screen)."
+    return (str(error).strip().splitlines() or [""])[0]

@@ -17,6 +17,8 @@ import torch
 import datasets
 import pyarrow.parquet
 
+from .checks import first_line
+
 # %% auto #0
 __all__ = ['RECORD_COLUMNS', 'FORGET_LABEL', 'RETAIN_LABEL', 'PROMPT_SEPARATOR', 'IGNORE_INDEX', 'REFUSALS', 'validate_records',
            'toxigen_prompt_lines', 'toxigen_prompt_records', 'load_records', 'Splits', 'split_records',
@@ -227,7 +229,7 @@ def _hub_records(name: str, config: str | None, split: str, label_column: str) -
     try:
         dataset = datasets.load_dataset(name, config, split=split)
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [""])[0]
+        reason = first_line(e)
         raise RuntimeError(
             f"could not load the dataset {name!r}: it is neither a local file or folder nor "
             "reachable on the Hugging Face hub; "

@@ -22,6 +22,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import datasets
@@ -35,7 +36,7 @@ from sklearn.pipeline import make_pipeline, make_union
 
 from .data import IGNORE_INDEX, collate, embedded_eval_prompts, embedded_utility_documents
 from .data import encode_completion, load_records, split_records, toxigen_prompt_lines
-from .checks import check_names, check_number, run_command
+from .checks import check_names, check_number, first_line, run_command
 from .distributed import check_device, pick_device
 from .models import load_model, load_tokenizer
 from .objectives import completion_logprobs, completion_token_logprobs
@@ -243,7 +244,7 @@ def _weights_only(load: Callable, what: str) -> dict:
     try:
         loaded = load()
     except pickle.UnpicklingError as e:
-        reason = (str(e).strip().splitlines() or [""])[0]
+        reason = first_line(e)
         raise UnsafeCheckpointError(
             f"refusing the Detoxify checkpoint {what}: it holds more than tensors and plain "
             "values, and "
@@ -286,7 +287,7 @@ def _detoxify_classifier(model: str, device: str):
 
 
 def _detoxify_error(model: str, e: Exception) -> RuntimeError:
-    reason = (str(e).strip().splitlines() or [""])[0]
+    reason = first_line(e)
     where = (
         "its checkpoint downloads from the web at first use"
         if model in DETOXIFY_MODELS
@@ -591,7 +592,7 @@ def load_utility_documents(
         try:
             rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
         except Exception as e:
-            reason = (str(e).strip().splitlines() or [""])[0]
+            reason = first_line(e)
             raise RuntimeError(
                 "could not load 'wikitext' (wikitext-2-raw-v1, test) from the Hugging Face hub; "
                 "offline, use "
@@ -934,12 +935,8 @@ def evaluate_run(
             "checkpoint)"
         )
     with RunLock(run_path, f"evaluating {checkpoint}"):
-        return _evaluate(
-            run_path,
-            config,
-            checkpoint_path,
-            **{name: arguments[name] for name in _EVALUATION_SETTINGS},
-        )
+        settings = SimpleNamespace(**{name: arguments[name] for name in _EVALUATION_SETTINGS})
+        return _evaluate(run_path, config, checkpoint_path, settings)
 
 
 _EVALUATION_SETTINGS = (
@@ -1004,167 +1001,168 @@ def check_evaluation_arguments(**settings):
     check_device(arguments["device"])
 
 
-def _evaluate(
-    run_path: Path,
-    config: dict,
-    checkpoint_path: Path,
-    scorer,
-    k,
-    max_new_tokens,
-    top_p,
-    temperature,
-    seed,
-    n_prompts,
-    generation_batch_size,
-    score_batch_size,
-    nll_batch_size,
-    ppl_batch_size,
-    max_length,
-    stride,
-    utility_text,
-    max_documents,
-    n_membership,
-    prompt_groups,
-    extra_scorers,
-    device,
-    checkpoint,
-    verbose,
-) -> dict:
-    "The body of `evaluate_run`, on its checked arguments, with the run directory locked."
-    verify_checkpoint(checkpoint_path, fix="train the run again, or evaluate another checkpoint")
-    chosen_device = pick_device(str(device))
-    model = load_model(str(checkpoint_path)).to(chosen_device).eval()
-    tokenizer = load_tokenizer(str(checkpoint_path))
-    splits = split_records(
-        load_records(config["data"]), config["nonmember_fraction"], config["data_seed"]
-    )
-    timing, started = {}, time.time()
+class _Stopwatch:
+    "Seconds taken by each stage of an evaluation, printed as they pass when `verbose`."
 
-    def lap(stage: str):
-        nonlocal started
-        timing[stage] = round(time.time() - started, 3)
-        if verbose:
-            print(f"{stage}: {timing[stage]:.1f} s")
-        started = time.time()
+    def __init__(self, verbose: bool):
+        self.timing, self.verbose, self.started = {}, verbose, time.time()
 
-    prompts = evaluation_prompts(
-        config["data"], splits, n_prompts, config["data_seed"], prompt_groups
-    )
-    scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "callable")
-    scorers = {
-        name: load_scorer(s, chosen_device, score_batch_size)
-        for name, s in {scorer_name: scorer, **{e: e for e in extra_scorers}}.items()
+    def lap(self, stage: str):
+        self.timing[stage] = round(time.time() - self.started, 3)
+        if self.verbose:
+            print(f"{stage}: {self.timing[stage]:.1f} s")
+        self.started = time.time()
+
+
+def _scorers(settings, device) -> tuple[str, dict[str, Scorer]]:
+    "The primary scorer's name, and every scorer (primary first) by name."
+    scorer = settings.scorer
+    primary = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "callable")
+    named = {primary: scorer} | {extra: extra for extra in settings.extra_scorers}
+    return primary, {
+        name: load_scorer(s, device, settings.score_batch_size) for name, s in named.items()
     }
-    prompt_set = set(prompts)
-    for score_texts in scorers.values():  # a scorer fitted on some groups must not score them
-        if score_texts.report and config["data"] != "embedded":
-            try:
-                check_unseen_groups(
-                    [
-                        r
-                        for r in splits.nonmember + splits.nonmember_retain
-                        if r["prompt"] in prompt_set
-                    ],
-                    score_texts,
-                )
-            except ValueError as e:
-                raise ValueError(
-                    f"{e}; evaluate with prompt_groups={score_texts.report['held_out_groups']}"
-                ) from None
-    continuations = generate_continuations(
-        model,
-        tokenizer,
-        prompts,
-        k,
-        max_new_tokens,
-        top_p,
-        temperature,
-        seed,
-        generation_batch_size,
-    )
-    lap("generation")
-    flat_scores = {
-        name: score_texts([c for row in continuations for c in row])
-        for name, score_texts in scorers.items()
-    }
-    scores = {
-        name: [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
-        for name, flat in flat_scores.items()
-    }
-    by_scorer = {
-        name: toxicity_summary(rows, seed=seed) | {"scorer_report": scorers[name].report}
+
+
+def _refuse_seen_groups(scorers: dict, config: dict, splits, prompts: list[str]):
+    "A scorer fitted on some groups must not score prompts of those groups."
+    if config["data"] == "embedded":
+        return
+    held_out = splits.nonmember + splits.nonmember_retain
+    prompted = [r for r in held_out if r["prompt"] in set(prompts)]
+    for scorer in scorers.values():
+        if not scorer.report:
+            continue
+        try:
+            check_unseen_groups(prompted, scorer)
+        except ValueError as e:
+            groups = scorer.report["held_out_groups"]
+            raise ValueError(f"{e}; evaluate with prompt_groups={groups}") from None
+
+
+def _score(scorers: dict, continuations: list[list[str]], settings) -> tuple[dict, dict]:
+    "Each scorer's scores per prompt (k each), and its summary with its report."
+    k, flat_texts = settings.k, [c for row in continuations for c in row]
+    scores = {}
+    for name, scorer in scorers.items():
+        flat = scorer(flat_texts)
+        scores[name] = [flat[i * k : (i + 1) * k] for i in range(len(continuations))]
+    summaries = {
+        name: toxicity_summary(rows, seed=settings.seed) | {"scorer_report": scorers[name].report}
         for name, rows in scores.items()
     }
-    toxicity = {
-        key: value for key, value in by_scorer[scorer_name].items() if key != "scorer_report"
-    }
-    lap("scoring")
-    source = (
-        utility_text
-        if utility_text != "auto"
-        else ("embedded" if config["data"] == "embedded" else "wikitext")
-    )
-    perplexity = word_perplexity(
-        model,
-        tokenizer,
-        load_utility_documents(source, max_documents),
-        max_length,
-        stride,
-        ppl_batch_size,
-    )
-    lap("perplexity")
-    members, nonmembers = (
-        membership_sample(r, n_membership, config["data_seed"])
-        for r in (splits.forget, splits.nonmember)
-    )
-    membership = membership_inference(
-        model, tokenizer, members, nonmembers, config["max_length"], nll_batch_size, seed=seed
-    )
-    lap("membership")
+    return scores, summaries
 
-    results = {
-        "run": {
-            "run_dir": str(run_path),
-            "checkpoint": checkpoint,
-            **{key: config.get(key) for key in ("method", "model", "data", "seed", "data_seed")},
-        },
-        "toxicity": toxicity,
-        "toxicity_by_scorer": by_scorer,
-        "perplexity": perplexity | {"utility_text": source},
-        "membership": membership,
-        "settings": {
-            "scorer": scorer_name,
-            "extra_scorers": list(extra_scorers),
-            "k": k,
-            "max_new_tokens": max_new_tokens,
-            "top_p": top_p,
-            "temperature": temperature,
-            "seed": seed,
-            "n_prompts": len(prompts),
-            "prompt_groups": list(prompt_groups) if prompt_groups else None,
-            "n_membership": n_membership,
-            "max_length": max_length,
-            "stride": stride,
-            "device": str(chosen_device),
-            "scorer_report": by_scorer[scorer_name]["scorer_report"],
-        },  # the groups a ToxiGen scorer was fitted on
-        "timing_s": timing,
-        "versions": library_versions(),
-    }
-    lines = [
-        json.dumps(
-            {
+
+def _utility_source(utility_text: str, data: str) -> str:
+    if utility_text != "auto":
+        return utility_text
+    return "embedded" if data == "embedded" else "wikitext"
+
+
+def _settings_record(settings, primary: str, n_prompts: int, device, report) -> dict:
+    "What `results.json` records of how the run was evaluated."
+    kept = (
+        "k",
+        "max_new_tokens",
+        "top_p",
+        "temperature",
+        "seed",
+        "n_membership",
+        "max_length",
+        "stride",
+    )
+    groups = list(settings.prompt_groups) if settings.prompt_groups else None
+    return (
+        {"scorer": primary, "extra_scorers": list(settings.extra_scorers)}
+        | {name: getattr(settings, name) for name in kept}
+        | {
+            "n_prompts": n_prompts,
+            "prompt_groups": groups,
+            "device": str(device),
+            "scorer_report": report,
+        }
+    )
+
+
+def _generation_lines(
+    prompts: list[str], continuations: list[list[str]], scores: dict, primary: str
+):
+    "One JSON line per continuation: its prompt, sample index, text, and every scorer's score."
+    for i, (prompt, texts) in enumerate(zip(prompts, continuations)):
+        for j, text in enumerate(texts):
+            line = {
                 "prompt_index": i,
                 "prompt": prompt,
                 "sample": j,
                 "continuation": text,
-                "toxicity": scores[scorer_name][i][j],
-                "scores": {name: rows[i][j] for name, rows in scores.items()},
+                "toxicity": scores[primary][i][j],
+                "scores": {n: rows[i][j] for n, rows in scores.items()},
             }
-        )
-        for i, (prompt, texts) in enumerate(zip(prompts, continuations))
-        for j, text in enumerate(texts)
-    ]
+            yield json.dumps(line)
+
+
+def _evaluate(run_path: Path, config: dict, checkpoint_path: Path, settings) -> dict:
+    "The body of `evaluate_run`, on its checked arguments (`settings`), the run directory locked."
+    verify_checkpoint(checkpoint_path, fix="train the run again, or evaluate another checkpoint")
+    device = pick_device(str(settings.device))
+    model = load_model(str(checkpoint_path)).to(device).eval()
+    tokenizer = load_tokenizer(str(checkpoint_path))
+    records = load_records(config["data"])
+    splits = split_records(records, config["nonmember_fraction"], config["data_seed"])
+    clock = _Stopwatch(settings.verbose)
+    prompts = evaluation_prompts(
+        config["data"], splits, settings.n_prompts, config["data_seed"], settings.prompt_groups
+    )
+    primary, scorers = _scorers(settings, device)
+    _refuse_seen_groups(scorers, config, splits, prompts)
+    continuations = generate_continuations(
+        model,
+        tokenizer,
+        prompts,
+        settings.k,
+        settings.max_new_tokens,
+        settings.top_p,
+        settings.temperature,
+        settings.seed,
+        settings.generation_batch_size,
+    )
+    clock.lap("generation")
+    scores, summaries = _score(scorers, continuations, settings)
+    clock.lap("scoring")
+    source = _utility_source(settings.utility_text, config["data"])
+    documents = load_utility_documents(source, settings.max_documents)
+    perplexity = word_perplexity(
+        model, tokenizer, documents, settings.max_length, settings.stride, settings.ppl_batch_size
+    )
+    clock.lap("perplexity")
+    members, nonmembers = (
+        membership_sample(r, settings.n_membership, config["data_seed"])
+        for r in (splits.forget, splits.nonmember)
+    )
+    membership = membership_inference(
+        model,
+        tokenizer,
+        members,
+        nonmembers,
+        config["max_length"],
+        settings.nll_batch_size,
+        seed=settings.seed,
+    )
+    clock.lap("membership")
+    identity = {key: config.get(key) for key in ("method", "model", "data", "seed", "data_seed")}
+    report = summaries[primary]["scorer_report"]  # e.g. the groups a ToxiGen scorer was fitted on
+    results = {
+        "run": {"run_dir": str(run_path), "checkpoint": settings.checkpoint, **identity},
+        "toxicity": {k: v for k, v in summaries[primary].items() if k != "scorer_report"},
+        "toxicity_by_scorer": summaries,
+        "perplexity": perplexity | {"utility_text": source},
+        "membership": membership,
+        "settings": _settings_record(settings, primary, len(prompts), device, report),
+        "timing_s": clock.timing,
+        "versions": library_versions(),
+    }
+    lines = _generation_lines(prompts, continuations, scores, primary)
     write_text_atomic(run_path / GENERATIONS_FILE, "\n".join(lines) + "\n")
     write_json_atomic(run_path / RESULTS_FILE, results)
     return results

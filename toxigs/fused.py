@@ -200,15 +200,15 @@ def _sweep_sign(
     conflict_weights: tuple[float, float],  # (c1, c2): weights of (g1_i, g2_i) on conflict
     agree_weights: tuple[float, float],  # (a1, a2): weights elsewhere
     pieces: list,  # from `_pieces`
-    fw: float,  # γ, the forget weight
-    rw: float,  # α, the retain weight
+    forget_weight: float,  # γ, the forget weight
+    retain_weight: float,  # α, the retain weight
 ) -> tuple[list, list]:  # per-piece partial sums (3 each) and conflict counts (1 each)
     """One pass: partial sums, conflict counts and the element-wise update, piece by piece while it
     is in cache."""
     partials, counts, scratch = [], [], {}
     (c1, c2), (a1, a2) = conflict_weights, agree_weights
     # a zero weight zeroes a task: nothing conflicts
-    masked = conflict_weights != agree_weights and fw * rw > 0
+    masked = conflict_weights != agree_weights and forget_weight * retain_weight > 0
     for _, f, r, o, inplace in pieces:
         acc = _acc_dtype(f)  # half precision: products in float32, or they underflow
         if acc not in scratch:
@@ -217,7 +217,7 @@ def _sweep_sign(
             )
         if not masked:
             partials.extend(_dots(f, r, scratch[acc]))
-            _axpby_(o, f, fw * a1, r, rw * a2, inplace)
+            _axpby_(o, f, forget_weight * a1, r, retain_weight * a2, inplace)
             continue
         fa, ra = (f, r) if f.dtype == acc else (f.to(acc), r.to(acc))
         # before the scratch holds the products
@@ -227,14 +227,18 @@ def _sweep_sign(
         conflict.neg_().clamp_(min=0).sign_()  # 1 where g1_i·g2_i < 0, else 0
         counts.append(conflict.sum())
         if f.dtype != acc:  # half precision: both columns in float32, rounded once into o
-            agree = fa * (fw * a1) + ra * (rw * a2)
-            o.copy_(torch.where(conflict > 0, fa * (fw * c1) + ra * (rw * c2), agree))
+            agree = fa * (forget_weight * a1) + ra * (retain_weight * a2)
+            o.copy_(
+                torch.where(
+                    conflict > 0, fa * (forget_weight * c1) + ra * (retain_weight * c2), agree
+                )
+            )
             continue
-        if (c1, c2 * rw) == (0.0, 1.0):
+        if (c1, c2 * retain_weight) == (0.0, 1.0):
             on_conflict = r
         else:
-            on_conflict = (f * (fw * c1)).add_(r, alpha=rw * c2)
-        _axpby_(o, f, fw * a1, r, rw * a2, inplace)  # the `agree` column ...
+            on_conflict = (f * (forget_weight * c1)).add_(r, alpha=retain_weight * c2)
+        _axpby_(o, f, forget_weight * a1, r, retain_weight * a2, inplace)  # the `agree` column ...
         o.lerp_(on_conflict, conflict.to(o.dtype))  # ... the `conflict` column where c_i = 1
     return partials, counts
 
@@ -257,8 +261,8 @@ def _sweep_projection(
     pieces: list,  # from `_pieces`
     table: torch.Tensor,  # from `_table`, weighted (and all-reduced under FSDP)
     granularity: str,  # 'global' (one pair of weights) or 'param' (a pair per tensor)
-    fw: float,  # γ, the forget weight
-    rw: float,  # α, the retain weight
+    forget_weight: float,  # γ, the forget weight
+    retain_weight: float,  # α, the retain weight
     coef_dtype: torch.dtype,  # dtype of the weights the sweep multiplies by
 ) -> tuple:  # the weights (w1, w2) as the rule returned them
     """Weights from the (all-reduced) table, then u = (γ·w1)·f + (α·w2)·r piece by piece. Returns
@@ -272,7 +276,7 @@ def _sweep_projection(
         w = (w * scale).to(coef_dtype)
         return list(w.unbind()) if granularity == "param" else [w] * len(table)
 
-    cf, cr = per_tensor(forget_w, fw), per_tensor(retain_w, rw)
+    cf, cr = per_tensor(forget_w, forget_weight), per_tensor(retain_w, retain_weight)
     for i, f, r, o, inplace in pieces:
         _axpby_(o, f, cf[i], r, cr[i], inplace)
     return forget_w, retain_w

@@ -26,7 +26,7 @@ from transformers import (
 )
 
 import toxigs
-from .checks import run_command
+from .checks import first_line, run_command
 from .data import embedded_texts
 
 # %% auto #0
@@ -87,7 +87,7 @@ def _local_or_hub(name: str) -> str:
 
 def _hub_error(kind: str, name: str, error: Exception) -> RuntimeError:
     "A one-line error that says what to do, with the first line of what went wrong."
-    reason = (str(error).strip().splitlines() or [""])[0]
+    reason = first_line(error)
     return RuntimeError(
         f"could not load the {kind} {name!r}: it is neither a local folder nor reachable on the "
         "Hugging Face hub; "

@@ -154,7 +154,7 @@ def combine_gradients(
     already averaged gradients on every rank) pass `group=None`: an all-reduce would count each
     gradient world-size times."""
     unit = get_rule(rule, granularity)
-    fw, rw = (
+    forget_weight, retain_weight = (
         _check_weight("forget_weight", forget_weight),
         _check_weight("retain_weight", retain_weight),
     )
@@ -174,15 +174,17 @@ def combine_gradients(
     pieces = _pieces(forget_grads, retain_grads, out, chunk)
     numels = [g.numel() for g in forget_grads]
     if isinstance(unit, SignRule):
-        partials, counts = _sweep_sign(unit.conflict, unit.agree, pieces, fw, rw)
+        partials, counts = _sweep_sign(
+            unit.conflict, unit.agree, pieces, forget_weight, retain_weight
+        )
     else:
         partials, counts = _sweep_dots(pieces, device), []
     table = _table(pieces, partials, counts, numels, device)
     if group is not None:
         dist.all_reduce(table, group=group)
-    table[:, 0].mul_(fw * rw)
-    table[:, 1].mul_(fw * fw)
-    table[:, 2].mul_(rw * rw)
+    table[:, 0].mul_(forget_weight * retain_weight)
+    table[:, 1].mul_(forget_weight * forget_weight)
+    table[:, 2].mul_(retain_weight * retain_weight)
     if check_finite:
         _check_finite(table, forget_grads)
     forget_w = retain_w = None
@@ -190,7 +192,9 @@ def combine_gradients(
         coef_dtype = (
             torch.float64 if any(g.dtype == torch.float64 for g in forget_grads) else torch.float32
         )
-        forget_w, retain_w = _sweep_projection(unit, pieces, table, granularity, fw, rw, coef_dtype)
+        forget_w, retain_w = _sweep_projection(
+            unit, pieces, table, granularity, forget_weight, retain_weight, coef_dtype
+        )
     stats = _stats(unit, table, granularity, forget_w, retain_w)
     return out, stats | ({"per_tensor": table} if per_tensor else {})
 
