@@ -106,15 +106,19 @@ def checkpoint_steps(run_path: str | Path) -> list[int]:
     return sorted(int(p.name[5:]) for p in complete)
 
 # %% ../nbs/02a_runs.ipynb #1fbe1bd5
-def _fsync_folder(folder: Path):
-    "Make a rename inside `folder` durable (POSIX; a no-op where folders cannot be opened)."
-    if os.name == "nt":
-        return
-    descriptor = os.open(folder, os.O_RDONLY)
+def _fsync(path: str | Path):
+    "fsync a file, or (POSIX) a folder, by its path."
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _fsync_folder(folder: Path):
+    "Make a rename inside `folder` durable (POSIX; a no-op where folders cannot be opened)."
+    if os.name != "nt":
+        _fsync(folder)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes):
@@ -152,13 +156,8 @@ def append_jsonl(path: str | Path, record: dict):
 
 def sync_file(path: str | Path):
     "fsync a file that exists (e.g. `metrics.jsonl` before the checkpoint that it must survive)."
-    if not Path(path).exists():
-        return
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    if Path(path).exists():
+        _fsync(path)
 
 
 def _fsync_tree(folder: Path):
