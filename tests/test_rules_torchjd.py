@@ -16,6 +16,7 @@ EXACT = QuadprogProjector(norm_eps=0.0, reg_eps=0.0)  # torchjd's solver without
 AGREE = [
     ("pcgrad", lambda: tja.PCGrad(), 1e-12),
     ("mgda", lambda: tja.MGDA(), 1e-12),  # Frank-Wolfe: exact after one step for two tasks
+    ("imtlg", lambda: tja.IMTLG(), 1e-10),  # pinv of the Gram matrix: independent gradients
     ("upgrad", lambda: tja.UPGrad(projector=EXACT), 1e-9),  # quadprog, to its own rounding
     ("dualproj", lambda: tja.DualProj(projector=EXACT), 1e-9),
     # torchjd's defaults normalise the Gram matrix and add 1e-4·I: toxigs is the exact projection
@@ -73,3 +74,21 @@ def test_eupmu_is_the_projected_forget_gradient():
     for g1, g2 in CASES:
         pc_retain = reference_combine([g1], [g2], "pcgrad_retain")[0]
         torch.testing.assert_close(combine_gradients([g1.clone()], [g2], "eupmu")[0][0], pc_retain - g2)
+
+
+@pytest.mark.parametrize("rule, aggregator", [("imtlg", "IMTLG"), ("mgda", "MGDA"), ("upgrad", "UPGrad"), ("dualproj", "DualProj")])
+def test_a_zero_gradient_as_torchjd(rule, aggregator):
+    "One zero gradient: the same update as torchjd (IMTL-G: the other gradient)."
+    g = torch.tensor([3.0, -1.0, 2.0], dtype=torch.float64)
+    for g1, g2 in ((g, torch.zeros(3, dtype=torch.float64)), (torch.zeros(3, dtype=torch.float64), g)):
+        want = getattr(tja, aggregator)()(torch.stack([g1, g2]))
+        torch.testing.assert_close(combine_gradients([g1.clone()], [g2], rule)[0][0], want, rtol=2e-4, atol=2e-4 * float(want.norm()))
+
+
+def test_imtlg_on_parallel_gradients_differs_deliberately():
+    "Exactly parallel gradients: torchjd's pseudo-inverse jumps; toxigs keeps the independent-gradient formula."
+    g1 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    g2 = 3 * g1
+    toxigs_u = combine_gradients([g1.clone()], [g2], "imtlg")[0][0]
+    torch.testing.assert_close(toxigs_u, 2 * 1 * 3 / (1 + 3) * g1)  # 2‖g1‖‖g2‖/(‖g1‖ + ‖g2‖) ĝ
+    torch.testing.assert_close(tja.IMTLG()(torch.stack([g1, g2])), (1 + 9) / (1 + 3) * g1)

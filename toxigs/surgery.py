@@ -21,7 +21,7 @@ _all_ = ["CHUNK_ELEMENTS", "DEFAULT_CHUNK"]  # chunk_size's defaults, importable
 
 # %% auto #0
 __all__ = ['RULES', 'GRANULARITIES', 'PER_TENSOR_COLUMNS', 'pcgrad', 'pcgrad_retain', 'mgda', 'dualproj', 'upgrad', 'eupmu',
-           'SignRule', 'get_rule', 'rule_granularities', 'is_elementwise', 'combine_gradients', 'plot_rules',
+           'imtlg', 'SignRule', 'get_rule', 'rule_granularities', 'is_elementwise', 'combine_gradients', 'plot_rules',
            'reference_combine', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
 
 # %% ../nbs/02_surgery.ipynb #34dd205e
@@ -102,6 +102,22 @@ def eupmu(
     lift = (-(dot + margin)).clamp(min=0) / _safe(retain_sq)
     return 1.0, torch.where(retain_sq > 0, lift, torch.zeros_like(lift))
 
+# %% ../nbs/02_surgery.ipynb #9d471a38
+def imtlg(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit (unused: it cancels for two tasks)
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """IMTL-G (Liu et al. 2021, Towards Impartial Multi-task Learning, Sec. 3.2; torchjd's
+    `IMTLG`): equal projections on the unit gradients, w = (‖g2‖, ‖g1‖)/(‖g1‖ + ‖g2‖); a zero
+    gradient gives the other. Deliberately continuous on exactly parallel gradients, where
+    torchjd's pseudo-inverse jumps (it agrees to rounding on independent ones)."""
+    n1, n2 = forget_sq.sqrt(), retain_sq.sqrt()
+    total = _safe(n1 + n2)
+    w1 = torch.where(retain_sq > 0, n2 / total, 1.0) * (forget_sq > 0)  # g2 = 0: g1 alone
+    w2 = torch.where(forget_sq > 0, n1 / total, 1.0) * (retain_sq > 0)  # g1 = 0: g2 alone
+    return w1, w2
+
 # %% ../nbs/02_surgery.ipynb #8bd9e993
 @dataclass(frozen=True)
 class SignRule:
@@ -129,6 +145,7 @@ RULES: dict[str, Callable | SignRule] = {
     "dualproj": dualproj,
     "upgrad": upgrad,
     "eupmu": eupmu,
+    "imtlg": imtlg,
 }
 GRANULARITIES = ("global", "param")
 
@@ -399,7 +416,7 @@ def reference_combine(
         return [torch.where(x * y < 0, y, x + y) for x, y in zip(g1, g2)]
     if rule == "mgda":  # the min-norm point of the hull, from the materialised g1 − g2
         return _reference_mgda(g1, g2, granularity)
-    if rule not in ("pcgrad", "pcgrad_retain", "dualproj", "upgrad", "eupmu"):
+    if rule not in ("pcgrad", "pcgrad_retain", "dualproj", "upgrad", "eupmu", "imtlg"):
         raise NotImplementedError(f"reference_combine has no formula for rule {rule!r}; add it")
     units = [list(range(len(g1)))] if granularity == "global" else [[i] for i in range(len(g1))]
     out = [None] * len(g1)
@@ -409,7 +426,10 @@ def reference_combine(
         n2 = sum(float((g2[i] ** 2).sum()) for i in unit)
         for i in unit:
             x, y = g1[i], g2[i]
-            if rule == "dualproj":  # the mean, projected onto the half-space it leaves
+            if rule == "imtlg":  # equal projections on the unit gradients; a zero one: the other
+                r1, r2 = math.sqrt(n1), math.sqrt(n2)
+                out[i] = (r2 * x + r1 * y) / (r1 + r2) if r1 and r2 else x + y
+            elif rule == "dualproj":  # the mean, projected onto the half-space it leaves
                 m = (x + y) / 2
                 if n1 + d < 0:  # ⟨m, g1⟩ < 0
                     m = m - (n1 + d) / 2 / n1 * x
