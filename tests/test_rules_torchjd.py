@@ -17,6 +17,7 @@ AGREE = [
     ("pcgrad", lambda: tja.PCGrad(), 1e-12),
     ("mgda", lambda: tja.MGDA(), 1e-12),  # Frank-Wolfe: exact after one step for two tasks
     ("imtlg", lambda: tja.IMTLG(), 1e-10),  # pinv of the Gram matrix: independent gradients
+    ("configrad", lambda: tja.ConFIG(), 1e-10),
     ("upgrad", lambda: tja.UPGrad(projector=EXACT), 1e-9),  # quadprog, to its own rounding
     ("dualproj", lambda: tja.DualProj(projector=EXACT), 1e-9),
     # torchjd's defaults normalise the Gram matrix and add 1e-4·I: toxigs is the exact projection
@@ -76,7 +77,7 @@ def test_eupmu_is_the_projected_forget_gradient():
         torch.testing.assert_close(combine_gradients([g1.clone()], [g2], "eupmu")[0][0], pc_retain - g2)
 
 
-@pytest.mark.parametrize("rule, aggregator", [("imtlg", "IMTLG"), ("mgda", "MGDA"), ("upgrad", "UPGrad"), ("dualproj", "DualProj")])
+@pytest.mark.parametrize("rule, aggregator", [("imtlg", "IMTLG"), ("configrad", "ConFIG"), ("mgda", "MGDA"), ("upgrad", "UPGrad"), ("dualproj", "DualProj")])
 def test_a_zero_gradient_as_torchjd(rule, aggregator):
     "One zero gradient: the same update as torchjd (IMTL-G: the other gradient)."
     g = torch.tensor([3.0, -1.0, 2.0], dtype=torch.float64)
@@ -92,3 +93,11 @@ def test_imtlg_on_parallel_gradients_differs_deliberately():
     toxigs_u = combine_gradients([g1.clone()], [g2], "imtlg")[0][0]
     torch.testing.assert_close(toxigs_u, 2 * 1 * 3 / (1 + 3) * g1)  # 2‖g1‖‖g2‖/(‖g1‖ + ‖g2‖) ĝ
     torch.testing.assert_close(tja.IMTLG()(torch.stack([g1, g2])), (1 + 9) / (1 + 3) * g1)
+
+
+def test_configrad_on_parallel_and_opposite_gradients():
+    "ConFIG's closed form holds where U is singular too: parallel (pinv) and opposite (0) gradients."
+    g1 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    for g2 in (3 * g1, -3 * g1):
+        want = tja.ConFIG()(torch.stack([g1, g2]))
+        torch.testing.assert_close(combine_gradients([g1.clone()], [g2], "configrad")[0][0], want)

@@ -56,7 +56,7 @@ def test_guarantees_per_unit(problem):
             assert inner(u[s], g2[s]) >= -1e-9 * (1 + inner(u[s], u[s]) + inner(g2[s], g2[s]))
         if rule in ("pcgrad", "dualproj", "upgrad"):
             assert inner(u[s], g1[s]) >= -1e-9 * (1 + inner(u[s], u[s]) + inner(g1[s], g1[s]))
-        if rule == "imtlg" and inner(g1[s], g1[s]) and inner(g2[s], g2[s]):  # equal projections
+        if rule in ("imtlg", "configrad") and inner(g1[s], g1[s]) and inner(g2[s], g2[s]):  # equal projections
             n1, n2 = math.sqrt(inner(g1[s], g1[s])), math.sqrt(inner(g2[s], g2[s]))
             assert abs(inner(u[s], g1[s]) / n1 - inner(u[s], g2[s]) / n2) <= 1e-9 * (1 + math.sqrt(inner(u[s], u[s])))
         if rule == "mgda":  # the min-norm point of the unit's hull: no grid point is shorter

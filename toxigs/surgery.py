@@ -21,8 +21,8 @@ _all_ = ["CHUNK_ELEMENTS", "DEFAULT_CHUNK"]  # chunk_size's defaults, importable
 
 # %% auto #0
 __all__ = ['RULES', 'GRANULARITIES', 'PER_TENSOR_COLUMNS', 'pcgrad', 'pcgrad_retain', 'mgda', 'dualproj', 'upgrad', 'eupmu',
-           'imtlg', 'SignRule', 'get_rule', 'rule_granularities', 'is_elementwise', 'combine_gradients', 'plot_rules',
-           'reference_combine', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
+           'imtlg', 'configrad', 'SignRule', 'get_rule', 'rule_granularities', 'is_elementwise', 'combine_gradients',
+           'plot_rules', 'reference_combine', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
 
 # %% ../nbs/02_surgery.ipynb #34dd205e
 def _safe(x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +118,22 @@ def imtlg(
     w2 = torch.where(forget_sq > 0, n1 / total, 1.0) * (retain_sq > 0)  # g1 = 0: g2 alone
     return w1, w2
 
+# %% ../nbs/02_surgery.ipynb #531523f2
+def configrad(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit (unused: it cancels for two tasks)
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """ConFIG (Liu, Chu & Thuerey, ICLR 2025, the ConFIG update; torchjd's `ConFIG`): along the
+    equal-cosine direction ĝ1 + ĝ2, by the length Σ⟨g_i, t⟩: u = (‖g1‖ + ‖g2‖)/2·(ĝ1 + ĝ2),
+    w_i = (‖g1‖ + ‖g2‖)/(2‖g_i‖); a zero gradient gives the other. Agrees with torchjd to
+    rounding."""
+    n1, n2 = forget_sq.sqrt(), retain_sq.sqrt()
+    half, both = (n1 + n2) / 2, (forget_sq > 0) & (retain_sq > 0)
+    w1 = torch.where(both, half / _safe(n1), (forget_sq > 0).to(half.dtype))  # else the nonzero one
+    w2 = torch.where(both, half / _safe(n2), (retain_sq > 0).to(half.dtype))
+    return w1, w2
+
 # %% ../nbs/02_surgery.ipynb #8bd9e993
 @dataclass(frozen=True)
 class SignRule:
@@ -146,6 +162,7 @@ RULES: dict[str, Callable | SignRule] = {
     "upgrad": upgrad,
     "eupmu": eupmu,
     "imtlg": imtlg,
+    "configrad": configrad,
 }
 GRANULARITIES = ("global", "param")
 
@@ -416,7 +433,7 @@ def reference_combine(
         return [torch.where(x * y < 0, y, x + y) for x, y in zip(g1, g2)]
     if rule == "mgda":  # the min-norm point of the hull, from the materialised g1 − g2
         return _reference_mgda(g1, g2, granularity)
-    if rule not in ("pcgrad", "pcgrad_retain", "dualproj", "upgrad", "eupmu", "imtlg"):
+    if rule not in ("pcgrad", "pcgrad_retain", "dualproj", "upgrad", "eupmu", "imtlg", "configrad"):
         raise NotImplementedError(f"reference_combine has no formula for rule {rule!r}; add it")
     units = [list(range(len(g1)))] if granularity == "global" else [[i] for i in range(len(g1))]
     out = [None] * len(g1)
@@ -429,6 +446,9 @@ def reference_combine(
             if rule == "imtlg":  # equal projections on the unit gradients; a zero one: the other
                 r1, r2 = math.sqrt(n1), math.sqrt(n2)
                 out[i] = (r2 * x + r1 * y) / (r1 + r2) if r1 and r2 else x + y
+            elif rule == "configrad":  # (‖g1‖ + ‖g2‖)/2 along ĝ1 + ĝ2; a zero one: the other
+                r1, r2 = math.sqrt(n1), math.sqrt(n2)
+                out[i] = (r1 + r2) / 2 * (x / r1 + y / r2) if r1 and r2 else x + y
             elif rule == "dualproj":  # the mean, projected onto the half-space it leaves
                 m = (x + y) / 2
                 if n1 + d < 0:  # ⟨m, g1⟩ < 0
