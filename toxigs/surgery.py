@@ -21,8 +21,8 @@ _all_ = ["CHUNK_ELEMENTS", "DEFAULT_CHUNK"]  # chunk_size's defaults, importable
 
 # %% auto #0
 __all__ = ['RULES', 'GRANULARITIES', 'PER_TENSOR_COLUMNS', 'pcgrad', 'pcgrad_retain', 'mgda', 'dualproj', 'upgrad', 'eupmu',
-           'imtlg', 'configrad', 'aligned_mtl', 'SignRule', 'get_rule', 'rule_granularities', 'is_elementwise',
-           'combine_gradients', 'plot_rules', 'reference_combine', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
+           'imtlg', 'configrad', 'SignRule', 'get_rule', 'rule_granularities', 'is_elementwise', 'combine_gradients',
+           'plot_rules', 'reference_combine', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
 
 # %% ../nbs/02_surgery.ipynb #34dd205e
 def _safe(x: torch.Tensor) -> torch.Tensor:
@@ -134,28 +134,6 @@ def configrad(
     w2 = torch.where(both, half / _safe(n2), (retain_sq > 0).to(half.dtype))
     return w1, w2
 
-# %% ../nbs/02_surgery.ipynb #ce08cba5
-def aligned_mtl(
-    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
-    forget_sq: torch.Tensor,  # ‖g1‖² per unit
-    retain_sq: torch.Tensor,  # ‖g2‖² per unit
-) -> tuple[torch.Tensor | float, torch.Tensor | float]:
-    """Aligned-MTL (Senushkin et al. 2023, Algorithm 1; torchjd's `AlignedMTL`, scale 'min'):
-    w = √λ_min·G^(−1/2)·(½, ½), in closed form for a 2×2 Gram matrix; on a rank-1 one (torchjd's
-    tolerance) w = vvᵀ(½, ½). Agrees with torchjd to rounding."""
-    det = (forget_sq * retain_sq - dot * dot).clamp_min(0)
-    s, total = det.sqrt(), forget_sq + retain_sq
-    top = (total + ((forget_sq - retain_sq).square() + 4 * dot * dot).sqrt()) / 2  # λ_max
-    full = 2 * (total + 2 * s).sqrt() * top.sqrt()
-    rank_two = det > 2 * torch.finfo(det.dtype).eps * top * top
-    w1 = torch.where(
-        rank_two, (retain_sq + s - dot) / _safe(full), (forget_sq + dot) / _safe(2 * total)
-    )
-    w2 = torch.where(
-        rank_two, (forget_sq + s - dot) / _safe(full), (retain_sq + dot) / _safe(2 * total)
-    )
-    return w1, w2
-
 # %% ../nbs/02_surgery.ipynb #8bd9e993
 @dataclass(frozen=True)
 class SignRule:
@@ -185,7 +163,6 @@ RULES: dict[str, Callable | SignRule] = {
     "eupmu": eupmu,
     "imtlg": imtlg,
     "configrad": configrad,
-    "aligned_mtl": aligned_mtl,
 }
 GRANULARITIES = ("global", "param")
 
@@ -454,8 +431,6 @@ def reference_combine(
         return [torch.where(x * y < 0, y, x) for x, y in zip(g1, g2)]
     if rule == "sago_sum":  # g2 where the signs conflict, g1 + g2 elsewhere
         return [torch.where(x * y < 0, y, x + y) for x, y in zip(g1, g2)]
-    if rule == "aligned_mtl":  # the balance transformation, by an eigendecomposition
-        return _reference_aligned_mtl(g1, g2, granularity)
     if rule == "mgda":  # the min-norm point of the hull, from the materialised g1 − g2
         return _reference_mgda(g1, g2, granularity)
     if rule not in ("pcgrad", "pcgrad_retain", "dualproj", "upgrad", "eupmu", "imtlg", "configrad"):
@@ -505,23 +480,4 @@ def _reference_mgda(g1: list, g2: list, granularity: str) -> list:
         x = 0.0 if den == 0 else min(max(num / den, 0.0), 1.0)  # g1 = g2: any x, the same u
         for i in unit:
             out[i] = x * g1[i] + (1 - x) * g2[i]
-    return out
-
-
-def _reference_aligned_mtl(g1: list, g2: list, granularity: str) -> list:
-    "Aligned-MTL per unit in float64: w = √λ_min·V Σ^(−1/2) Vᵀ·(½, ½) from `eigh`, rank by `if`."
-    units = [list(range(len(g1)))] if granularity == "global" else [[i] for i in range(len(g1))]
-    out = [None] * len(g1)
-    for unit in units:
-        rows = torch.stack([torch.cat([g[i].flatten() for i in unit]) for g in (g1, g2)])
-        lam, vec = torch.linalg.eigh(rows @ rows.T)  # ascending
-        keep = [k for k in (1, 0) if lam[k] > lam[1] * 2 * torch.finfo(lam.dtype).eps]
-        if not keep:  # a zero Gram matrix: u = 0 whatever the weights
-            w = [0.0, 0.0]
-        else:
-            v = vec[:, keep]
-            balance = lam[keep[-1]].sqrt() * v @ torch.diag(lam[keep].rsqrt()) @ v.T
-            w = (balance @ torch.tensor([0.5, 0.5], dtype=lam.dtype)).tolist()
-        for i in unit:
-            out[i] = w[0] * g1[i] + w[1] * g2[i]
     return out
