@@ -52,8 +52,17 @@ def test_guarantees_per_unit(problem):
     for s in units:
         if rule in ("pcgrad", "pcgrad_retain"):
             assert inner(u[s], g2[s]) >= -1e-9 * (1 + inner(u[s], u[s]) + inner(g2[s], g2[s]))
-        if rule == "pcgrad":
+        if rule in ("pcgrad", "dualproj", "upgrad", "eupmu"):  # eupmu with its default ε = 0
+            assert inner(u[s], g2[s]) >= -1e-9 * (1 + inner(u[s], u[s]) + inner(g2[s], g2[s]))
+        if rule in ("pcgrad", "dualproj", "upgrad"):
             assert inner(u[s], g1[s]) >= -1e-9 * (1 + inner(u[s], u[s]) + inner(g1[s], g1[s]))
+        if rule in ("imtlg", "configrad") and inner(g1[s], g1[s]) and inner(g2[s], g2[s]):  # equal projections
+            n1, n2 = math.sqrt(inner(g1[s], g1[s])), math.sqrt(inner(g2[s], g2[s]))
+            assert abs(inner(u[s], g1[s]) / n1 - inner(u[s], g2[s]) / n2) <= 1e-9 * (1 + math.sqrt(inner(u[s], u[s])))
+        if rule == "mgda":  # the min-norm point of the unit's hull: no grid point is shorter
+            for x in [k / 50 for k in range(51)]:
+                hull = [x * a + (1 - x) * b for a, b in zip(g1[s], g2[s])]
+                assert inner(u[s], u[s]) <= inner(hull, hull) + 1e-9 * (1 + inner(g1[s], g1[s]) + inner(g2[s], g2[s]))
     if rule in ("sago", "sago_sum"):
         assert all(bool((x * y >= 0).all()) for x, y in zip(u, g2))
 

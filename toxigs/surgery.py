@@ -20,9 +20,9 @@ from .fused import _sweep_dots, _sweep_projection, _sweep_sign
 _all_ = ["CHUNK_ELEMENTS", "DEFAULT_CHUNK"]  # chunk_size's defaults, importable from here too
 
 # %% auto #0
-__all__ = ['RULES', 'GRANULARITIES', 'PER_TENSOR_COLUMNS', 'pcgrad', 'pcgrad_retain', 'SignRule', 'get_rule',
-           'rule_granularities', 'is_elementwise', 'combine_gradients', 'plot_rules', 'reference_combine',
-           'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
+__all__ = ['RULES', 'GRANULARITIES', 'PER_TENSOR_COLUMNS', 'pcgrad', 'pcgrad_retain', 'mgda', 'dualproj', 'upgrad', 'eupmu',
+           'imtlg', 'configrad', 'SignRule', 'get_rule', 'rule_granularities', 'is_elementwise', 'combine_gradients',
+           'plot_rules', 'reference_combine', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
 
 # %% ../nbs/02_surgery.ipynb #34dd205e
 def _safe(x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +51,89 @@ def pcgrad_retain(
     = g1 + (1 − d⁻/‖g2‖²)·g2."""
     return 1.0, 1 - dot.clamp(max=0) / _safe(retain_sq)
 
+# %% ../nbs/02_surgery.ipynb #33f8bb92
+def mgda(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """MGDA (Désidéri 2012; Sener & Koltun 2018, Algorithm 1, the two-task min-norm solver): the
+    min-norm point of the convex hull, u = x·g1 + (1 − x)·g2, x = clip((b − d)/(a + b − 2d), 0, 1).
+    torchjd's `MGDA` reaches the same x by Frank-Wolfe (its first step is exact for two tasks)."""
+    x = ((retain_sq - dot) / _safe(forget_sq + retain_sq - 2 * dot)).clamp(0, 1)
+    return x, 1 - x
+
+# %% ../nbs/02_surgery.ipynb #b986fef6
+def dualproj(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """DualProj (torchjd; GEM, Lopez-Paz & Ranzato 2017, Eq. 11): the mean ½(g1 + g2) projected
+    onto the dual cone of {g1, g2}; w_i = ½ + (a_i + d)⁻/(2 a_i). Deliberately exact: torchjd's
+    default solver divides the Gram matrix by its trace and adds 1e-4·I (so it differs by ~1e-4
+    relative) and returns the plain mean when the trace is below 1e-4; toxigs equals torchjd with
+    `QuadprogProjector(norm_eps=0, reg_eps=0)`."""
+    lift = lambda sq: 0.5 + 0.5 * (-(sq + dot)).clamp(min=0) / _safe(sq)
+    return lift(forget_sq), lift(retain_sq)
+
+# %% ../nbs/02_surgery.ipynb #1d322b91
+def upgrad(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """UPGrad (torchjd; Quinton & Rey 2024, Jacobian Descent, Eq. 3 and Prop. 1): each gradient
+    projected onto the dual cone of {g1, g2}, then averaged. For two tasks exactly ½·PCGrad:
+    u = ½(g1' + g2'). Deliberately exact, like `dualproj` (torchjd's default solver regularises)."""
+    w1, w2 = pcgrad(dot, forget_sq, retain_sq)
+    return 0.5 * w1, 0.5 * w2
+
+# %% ../nbs/02_surgery.ipynb #efc9ac9d
+def eupmu(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit (unused: g1 keeps weight 1)
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+    margin: float = 0.0,  # ε >= 0: ⟨u, g2⟩ >= −ε afterwards (not yet a config parameter)
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """EUPMU (arXiv 2510.22124): u = g1 + max(0, −(d + ε)/b)·g2, the forget gradient moved just
+    off the conflict with g2; ε = 0 gives u = g1' (PCGrad's projected g1). Not in torchjd 0.18:
+    checked against its formula only."""
+    lift = (-(dot + margin)).clamp(min=0) / _safe(retain_sq)
+    return 1.0, torch.where(retain_sq > 0, lift, torch.zeros_like(lift))
+
+# %% ../nbs/02_surgery.ipynb #9d471a38
+def imtlg(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit (unused: it cancels for two tasks)
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """IMTL-G (Liu et al. 2021, Towards Impartial Multi-task Learning, Sec. 3.2; torchjd's
+    `IMTLG`): equal projections on the unit gradients, w = (‖g2‖, ‖g1‖)/(‖g1‖ + ‖g2‖); a zero
+    gradient gives the other. Deliberately continuous on exactly parallel gradients, where
+    torchjd's pseudo-inverse jumps (it agrees to rounding on independent ones)."""
+    n1, n2 = forget_sq.sqrt(), retain_sq.sqrt()
+    total = _safe(n1 + n2)
+    w1 = torch.where(retain_sq > 0, n2 / total, 1.0) * (forget_sq > 0)  # g2 = 0: g1 alone
+    w2 = torch.where(forget_sq > 0, n1 / total, 1.0) * (retain_sq > 0)  # g1 = 0: g2 alone
+    return w1, w2
+
+# %% ../nbs/02_surgery.ipynb #531523f2
+def configrad(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit (unused: it cancels for two tasks)
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """ConFIG (Liu, Chu & Thuerey, ICLR 2025, the ConFIG update; torchjd's `ConFIG`): along the
+    equal-cosine direction ĝ1 + ĝ2, by the length Σ⟨g_i, t⟩: u = (‖g1‖ + ‖g2‖)/2·(ĝ1 + ĝ2),
+    w_i = (‖g1‖ + ‖g2‖)/(2‖g_i‖); a zero gradient gives the other. Agrees with torchjd to
+    rounding."""
+    n1, n2 = forget_sq.sqrt(), retain_sq.sqrt()
+    half, both = (n1 + n2) / 2, (forget_sq > 0) & (retain_sq > 0)
+    w1 = torch.where(both, half / _safe(n1), (forget_sq > 0).to(half.dtype))  # else the nonzero one
+    w2 = torch.where(both, half / _safe(n2), (retain_sq > 0).to(half.dtype))
+    return w1, w2
+
 # %% ../nbs/02_surgery.ipynb #8bd9e993
 @dataclass(frozen=True)
 class SignRule:
@@ -74,6 +157,12 @@ RULES: dict[str, Callable | SignRule] = {
     "pcgrad_retain": pcgrad_retain,
     "sago": SignRule(conflict=(0.0, 1.0), agree=(1.0, 0.0)),
     "sago_sum": SignRule(conflict=(0.0, 1.0), agree=(1.0, 1.0)),
+    "mgda": mgda,
+    "dualproj": dualproj,
+    "upgrad": upgrad,
+    "eupmu": eupmu,
+    "imtlg": imtlg,
+    "configrad": configrad,
 }
 GRANULARITIES = ("global", "param")
 
@@ -121,7 +210,7 @@ def is_elementwise(
 def combine_gradients(
     forget_grads: Sequence[torch.Tensor],  # forget-loss gradients, to minimise, one per parameter
     retain_grads: Sequence[torch.Tensor],  # retain-loss gradients: same shapes, same order
-    rule: str,  # one of RULES: sum, pcgrad, pcgrad_retain, sago, sago_sum
+    rule: str,  # one of RULES: sum, pcgrad, pcgrad_retain, sago, sago_sum, mgda, …
     forget_weight: float = 1.0,  # γ: g1 = γ·forget_grads (>= 0)
     retain_weight: float = 1.0,  # α: g2 = α·retain_grads (>= 0)
     granularity: str = "global",  # 'global' (one vector) or 'param' (each tensor)
@@ -342,7 +431,9 @@ def reference_combine(
         return [torch.where(x * y < 0, y, x) for x, y in zip(g1, g2)]
     if rule == "sago_sum":  # g2 where the signs conflict, g1 + g2 elsewhere
         return [torch.where(x * y < 0, y, x + y) for x, y in zip(g1, g2)]
-    if rule not in ("pcgrad", "pcgrad_retain"):
+    if rule == "mgda":  # the min-norm point of the hull, from the materialised g1 − g2
+        return _reference_mgda(g1, g2, granularity)
+    if rule not in ("pcgrad", "pcgrad_retain", "dualproj", "upgrad", "eupmu", "imtlg", "configrad"):
         raise NotImplementedError(f"reference_combine has no formula for rule {rule!r}; add it")
     units = [list(range(len(g1)))] if granularity == "global" else [[i] for i in range(len(g1))]
     out = [None] * len(g1)
@@ -352,10 +443,41 @@ def reference_combine(
         n2 = sum(float((g2[i] ** 2).sum()) for i in unit)
         for i in unit:
             x, y = g1[i], g2[i]
-            if d >= 0:  # no conflict: the plain sum
-                out[i] = x + y
+            if rule == "imtlg":  # equal projections on the unit gradients; a zero one: the other
+                r1, r2 = math.sqrt(n1), math.sqrt(n2)
+                out[i] = (r2 * x + r1 * y) / (r1 + r2) if r1 and r2 else x + y
+            elif rule == "configrad":  # (‖g1‖ + ‖g2‖)/2 along ĝ1 + ĝ2; a zero one: the other
+                r1, r2 = math.sqrt(n1), math.sqrt(n2)
+                out[i] = (r1 + r2) / 2 * (x / r1 + y / r2) if r1 and r2 else x + y
+            elif rule == "dualproj":  # the mean, projected onto the half-space it leaves
+                m = (x + y) / 2
+                if n1 + d < 0:  # ⟨m, g1⟩ < 0
+                    m = m - (n1 + d) / 2 / n1 * x
+                elif n2 + d < 0:  # ⟨m, g2⟩ < 0
+                    m = m - (n2 + d) / 2 / n2 * y
+                out[i] = m
+            elif rule == "eupmu":  # g1, moved off the conflict with g2 (margin 0)
+                out[i] = x - d / n2 * y if d < 0 else x.clone()
+            elif d >= 0:  # no conflict: the plain sum (upgrad: the mean)
+                out[i] = (x + y) / 2 if rule == "upgrad" else x + y
+            elif rule == "upgrad":  # the mean of the two dual-cone projections
+                out[i] = ((x - d / n2 * y) + (y - d / n1 * x)) / 2
             elif rule == "pcgrad":  # each loses its component along the other
                 out[i] = (x - d / n2 * y) + (y - d / n1 * x)
             else:  # pcgrad_retain: only g1 loses its component along g2
                 out[i] = (x - d / n2 * y) + y
+    return out
+
+
+def _reference_mgda(g1: list, g2: list, granularity: str) -> list:
+    "MGDA per unit in float64: x = ⟨g2 − g1, g2⟩/‖g1 − g2‖², clipped to [0, 1] with `if`s."
+    units = [list(range(len(g1)))] if granularity == "global" else [[i] for i in range(len(g1))]
+    out = [None] * len(g1)
+    for unit in units:
+        diff = [g1[i] - g2[i] for i in unit]
+        den = sum(float((e**2).sum()) for e in diff)
+        num = -sum(float((e * g2[i]).sum()) for e, i in zip(diff, unit))
+        x = 0.0 if den == 0 else min(max(num / den, 0.0), 1.0)  # g1 = g2: any x, the same u
+        for i in unit:
+            out[i] = x * g1[i] + (1 - x) * g2[i]
     return out
