@@ -460,12 +460,32 @@ FIGURE_WIDTH = 900  # pixels (before `save_figure`'s scale) that titles and tick
 TITLE_SIZE = 17  # plotly's title font size (1.4 times its 12-pixel font)
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")  # by objective
 _SYMBOLS = (  # by rule, one per rule of RULES
-    "circle", "diamond", "square", "triangle-up", "triangle-down", "cross", "x", "pentagon",
-    "hexagon", "star-triangle-up", "hourglass", "bowtie",
+    "circle",
+    "diamond",
+    "square",
+    "triangle-up",
+    "triangle-down",
+    "cross",
+    "x",
+    "pentagon",
+    "hexagon",
+    "star-triangle-up",
+    "hourglass",
+    "bowtie",
 )
 _DASHES = (  # by rule, one per rule of RULES
-    "solid", "dash", "dot", "dashdot", "longdash", "longdashdot", "3px,3px", "8px,2px",
-    "2px,6px", "12px,3px,3px,3px", "6px,2px,2px,2px,2px,2px", "1px,3px",
+    "solid",
+    "dash",
+    "dot",
+    "dashdot",
+    "longdash",
+    "longdashdot",
+    "3px,3px",
+    "8px,2px",
+    "2px,6px",
+    "12px,3px,3px,3px",
+    "6px,2px,2px,2px,2px,2px",
+    "1px,3px",
 )
 BASE_STYLE = dict(color="#555555", symbol="star", dash="solid")  # the fine-tuned base
 OTHER_STYLE = dict(color=_PALETTE[0], symbol="circle", dash="solid")  # a label that names no method
