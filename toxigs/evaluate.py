@@ -924,8 +924,9 @@ def evaluate_run(
 ) -> dict:
     """Toxicity, word perplexity and membership inference of a run's checkpoint; writes results.json
     and generations.jsonl into the run directory."""
-    arguments = dict(locals())
-    check_evaluation_arguments(**{name: arguments[name] for name in _EVALUATION_SETTINGS})
+    settings = dict(locals())  # the arguments, as given
+    del settings["run_dir"]
+    check_evaluation_arguments(**settings)
     run_path = Path(run_dir)
     config = read_run_config(run_path)
     checkpoint_path = checkpoints_dir(run_path) / checkpoint
@@ -935,33 +936,7 @@ def evaluate_run(
             "checkpoint)"
         )
     with RunLock(run_path, f"evaluating {checkpoint}"):
-        settings = SimpleNamespace(**{name: arguments[name] for name in _EVALUATION_SETTINGS})
-        return _evaluate(run_path, config, checkpoint_path, settings)
-
-
-_EVALUATION_SETTINGS = (
-    "scorer",
-    "k",
-    "max_new_tokens",
-    "top_p",
-    "temperature",
-    "seed",
-    "n_prompts",
-    "generation_batch_size",
-    "score_batch_size",
-    "nll_batch_size",
-    "ppl_batch_size",
-    "max_length",
-    "stride",
-    "utility_text",
-    "max_documents",
-    "n_membership",
-    "prompt_groups",
-    "extra_scorers",
-    "device",
-    "checkpoint",
-    "verbose",
-)
+        return _evaluate(run_path, config, checkpoint_path, SimpleNamespace(**settings))
 
 
 def check_evaluation_arguments(**settings):

@@ -195,19 +195,18 @@ def read_json(
 ):
     "The parsed JSON of `path`; a damaged file is named with the line and column of the problem."
     path = Path(path)
+    suffix = f"; {fix}" if fix else ""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RunFileError(f"{path} does not exist" + (f"; {fix}" if fix else "")) from None
+        raise RunFileError(f"{path} does not exist{suffix}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise RunFileError(f"{path} cannot be read ({e}); {fix}") from None
+        raise RunFileError(f"{path} cannot be read ({e}){suffix}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise RunFileError(
-            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-            + (f"; {fix}" if fix else "")
-        ) from None
+        where = f"line {e.lineno}, column {e.colno}: {e.msg}"
+        raise RunFileError(f"{path} is not valid JSON ({where}){suffix}") from None
 
 
 def read_jsonl(
