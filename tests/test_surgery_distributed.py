@@ -37,6 +37,22 @@ def gradients(conflicting: bool, seed: int):
     return forget, retain
 
 
+def coefficient_condition(rule: str, key: str, stats: dict) -> float:
+    """How much a weight statistic amplifies the float32 rounding of the sums (1: not at all).
+
+    Aligned-MTL's weights are w1 ∝ b + σ − d and w2 ∝ a + σ − d (σ = √det G): a small difference
+    of large terms where the gradients are alike, so the two summation orders (sharded, whole) give
+    weights that agree to rtol·(b + σ + |d|)/|b + σ − d|, not to rtol. The updates themselves
+    are held to the common tolerance."""
+    if rule != "aligned_mtl" or key not in ("forget_coef", "retain_coef"):
+        return 1.0
+    a, b, d = (float(stats[k]) for k in ("forget_norm", "retain_norm", "dot"))
+    a, b = a * a, b * b
+    sigma = max(a * b - d * d, 0.0) ** 0.5
+    own = b if key == "forget_coef" else a
+    return max(1.0, (own + sigma + abs(d)) / max(abs(own + sigma - d), 1e-300))
+
+
 def shard(tensors, rank):
     "This rank's dim-0 shard of each tensor, in its own contiguous memory (as FSDP's local shards)."
     return [t.tensor_split(WORLD, dim=0)[rank].clone() for t in tensors]
@@ -56,7 +72,8 @@ def worker(rank: int, port: int):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"{case}, tensor {i}: {m}")
             assert stats.keys() == full_stats.keys(), case
             for k in stats:
-                torch.testing.assert_close(stats[k], full_stats[k], rtol=1e-6, atol=1e-9, msg=lambda m: f"{case}, {k}: {m}")
+                rtol = 1e-6 * coefficient_condition(rule, k, full_stats)
+                torch.testing.assert_close(stats[k], full_stats[k], rtol=rtol, atol=1e-9, msg=lambda m: f"{case}, {k}: {m}")
             if conflicting and granularity == "global":
                 assert full_stats["conflict"] > 0, f"{case}: the conflicting case does not conflict"
             # every rank took the same decision: the statistics are bitwise equal across ranks

@@ -5,7 +5,10 @@
 # %% ../nbs/02_surgery.ipynb #c499ef34
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -14,15 +17,19 @@ import torch.distributed as dist
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .checks import check_choice, check_number
+
 from .fused import CHUNK_ELEMENTS, DEFAULT_CHUNK, _check_grads, _pieces, _table
 from .fused import _sweep_dots, _sweep_projection, _sweep_sign
 
 _all_ = ["CHUNK_ELEMENTS", "DEFAULT_CHUNK"]  # chunk_size's defaults, importable from here too
 
 # %% auto #0
-__all__ = ['RULES', 'GRANULARITIES', 'PER_TENSOR_COLUMNS', 'pcgrad', 'pcgrad_retain', 'mgda', 'dualproj', 'upgrad', 'eupmu',
-           'imtlg', 'configrad', 'SignRule', 'get_rule', 'rule_granularities', 'is_elementwise', 'combine_gradients',
-           'plot_rules', 'reference_combine', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
+__all__ = ['RULES', 'GRANULARITIES', 'FIXED_LENGTH', 'RULE_STATES', 'LENGTH_RULES', 'PER_TENSOR_COLUMNS', 'pcgrad',
+           'pcgrad_retain', 'mgda', 'dualproj', 'upgrad', 'eupmu', 'imtlg', 'configrad', 'cagrad', 'nash_mtl',
+           'aligned_mtl', 'gradvac', 'rlw', 'rescaled_sum', 'SignRule', 'get_rule', 'rule_granularities',
+           'is_elementwise', 'rule_options', 'check_rule_options', 'parse_rule_options', 'options_label',
+           'init_rule_state', 'combine_gradients', 'plot_rules', 'reference_combine', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
 
 # %% ../nbs/02_surgery.ipynb #34dd205e
 def _safe(x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +141,127 @@ def configrad(
     w2 = torch.where(both, half / _safe(n2), (retain_sq > 0).to(half.dtype))
     return w1, w2
 
+# %% ../nbs/02_surgery.ipynb #deda0fef
+def cagrad(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+    *,
+    c: float = 0.4,  # the radius, as a share of ‖g0‖ (the paper's default; 0: the mean)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CAGrad (Liu et al. 2021, Conflict-Averse Gradient Descent, Eq. 4 and Algorithm 1;
+    torchjd's `CAGrad`): u = g0 + (c‖g0‖/‖g_x‖)·g_x, g_x the minimiser on the hull, in closed
+    form. Where the minimiser is g_x = 0 (a zero gradient, or exactly opposite ones) u = g0, the
+    ball's centre; torchjd returns 0 there, outside the ball (a zero forget gradient would stop
+    training)."""
+    e_sq = forget_sq + retain_sq - 2 * dot  # ‖g1 − g2‖²
+    p = dot - retain_sq  # ⟨g2, g1 − g2⟩
+    det = (forget_sq * retain_sq - dot * dot).clamp(min=0)
+    radius = c * (forget_sq + retain_sq + 2 * dot).clamp(min=0).sqrt() / 2  # c‖g0‖
+    s = (retain_sq - forget_sq) / (2 * _safe(radius))
+    interior = e_sq > s * s
+    y = s * (det / _safe(e_sq - s * s)).sqrt()
+    x = torch.where(interior, (y - p) / _safe(e_sq), (s > 0).to(dot.dtype)).clamp(0, 1)
+    hull_sq = (x * x * forget_sq + (1 - x) ** 2 * retain_sq + 2 * x * (1 - x) * dot).clamp(min=0)
+    k = torch.where(hull_sq > 0, radius / _safe(hull_sq.sqrt()), 0.0)
+    return 0.5 + k * x, 0.5 + k * (1 - x)
+
+# %% ../nbs/02_surgery.ipynb #56ed11a1
+def nash_mtl(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+    *,
+    max_norm: float = 1.0,  # clip ‖u‖ to this (torchjd's default); 0: no clipping, ‖u‖ = √2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nash-MTL (Navon et al. 2022, Multi-Task Learning as a Bargaining Game, Eq. 5; torchjd's
+    `NashMTL`): α_i = 1/(‖g_i‖·√(1 + ρ)), u = α1·g1 + α2·g2, ‖u‖ = √2, clipped to `max_norm`.
+    One zero gradient: u = ĝ of the other; exactly opposite gradients (ρ = −1): u = 0."""
+    n1, n2 = forget_sq.sqrt(), retain_sq.sqrt()
+    both = (forget_sq > 0) & (retain_sq > 0)
+    lift = (1 + dot / _safe(n1 * n2)).clamp(min=0).sqrt()  # √(1 + ρ)
+    clip = lambda norm: 1.0 if max_norm == 0 else min(1.0, max_norm / norm)
+    scale = clip(1.0) + (clip(math.sqrt(2)) - clip(1.0)) * both.to(dot.dtype)  # both: ‖u‖ = √2
+    scale = scale * ~(both & (lift == 0))
+    w1 = torch.where(both, 1 / _safe(n1 * lift), 1 / _safe(n1)) * (forget_sq > 0)
+    w2 = torch.where(both, 1 / _safe(n2 * lift), 1 / _safe(n2)) * (retain_sq > 0)
+    return w1 * scale, w2 * scale
+
+# %% ../nbs/02_surgery.ipynb #91f8e04e
+def aligned_mtl(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned-MTL (Senushkin et al. 2023, Independent Component Alignment for Multi-Task
+    Learning, Algorithm 1; torchjd's `AlignedMTL`): w = √λ_min·G^(−1/2)·(½, ½), in closed form;
+    on a rank-one Gram matrix (torchjd's threshold) the principal direction's part only."""
+    a, b, d = forget_sq, retain_sq, dot
+    sigma = (a * b - d * d).clamp(min=0).sqrt()  # √det G
+    lam_max = (a + b) / 2 + (((a - b) / 2) ** 2 + d * d).sqrt()
+    den = _safe(2 * (a + b + 2 * sigma).sqrt() * lam_max.sqrt())
+    rank_one = sigma * sigma <= 2 * torch.finfo(a.dtype).eps * lam_max * lam_max
+    v1, v2 = a.sqrt(), torch.where(d < 0, -b.sqrt(), b.sqrt())  # the principal direction ...
+    half = (v1 + v2) / _safe(2 * (a + b))  # ... unnormalised: ½(v1 + v2)·v / ‖v‖²
+    w1 = torch.where(rank_one, half * v1, (b + sigma - d) / den)
+    w2 = torch.where(rank_one, half * v2, (a + sigma - d) / den)
+    return w1, w2
+
+# %% ../nbs/02_surgery.ipynb #18b1ce8e
+def gradvac(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+    *,
+    state: dict,  # {'target': φ̂ per unit}, from init_rule_state; updated here
+    beta: float = 0.5,  # the EMA rate of the target (torchjd's default; the paper: 0.01)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GradVac (Wang et al. 2021, Gradient Vaccine, Eq. 4 and Algorithm 1; torchjd's `GradVac`):
+    below the target cosine φ̂ each gradient gets the multiple of the other that lifts the cosine
+    to φ̂; then φ̂ moves towards the cosine. Exact: torchjd's eps (1e-8) in the denominators is
+    left out, so toxigs equals torchjd's `GradVac(eps=0)`; a zero gradient gets no correction."""
+    target = state["target"]
+    n1, n2 = forget_sq.sqrt(), retain_sq.sqrt()
+    phi = dot / _safe(n1 * n2)
+    spread = (1 - target * target).clamp(min=0).sqrt()
+    lift = (target * (1 - phi * phi).clamp(min=0).sqrt() - phi * spread) / _safe(spread)
+    lift = torch.where((phi < target) & (forget_sq > 0) & (retain_sq > 0), lift, 0.0)
+    state["target"] = (1 - beta) * target + beta * phi
+    return 1 + lift * n2 / _safe(n1), 1 + lift * n1 / _safe(n2)  # g2 gains g1's multiple ...
+
+# %% ../nbs/02_surgery.ipynb #8e07a79b
+def rlw(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit (unused: the weights ignore the gradients)
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit (unused)
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit (unused)
+    *,
+    state: dict,  # {'random': a random.Random state}, from init_rule_state; advanced here
+) -> tuple[float, float]:
+    """RLW (Lin et al. 2022, Reasonable Effectiveness of Random Weighting, Algorithm 2; torchjd's
+    `Random`): w = softmax(z), z ~ N(0, I₂), drawn on the host from the rule's own generator."""
+    generator = random.Random()
+    generator.setstate(state["random"])
+    z1, z2 = generator.gauss(0.0, 1.0), generator.gauss(0.0, 1.0)
+    state["random"] = generator.getstate()
+    w1 = 1 / (1 + math.exp(z2 - z1))  # softmax of two
+    return w1, 1 - w1
+
+# %% ../nbs/02_surgery.ipynb #ef25b330
+def rescaled_sum(
+    dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
+    forget_sq: torch.Tensor,  # ‖g1‖² per unit
+    retain_sq: torch.Tensor,  # ‖g2‖² per unit
+    *,
+    norm_of: str = "pcgrad",  # the rule whose update length to take (one of `LENGTH_RULES`)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain sum g1 + g2 rescaled to the norm of `norm_of`'s update: the same direction as
+    `sum`, the step length of the other rule. A zero sum stays zero."""
+    w1, w2 = RULES[norm_of](dot, forget_sq, retain_sq)
+    rule_sq = (w1 * w1 * forget_sq + w2 * w2 * retain_sq + 2 * w1 * w2 * dot).clamp(min=0)
+    sum_sq = forget_sq + retain_sq + 2 * dot
+    scale = torch.where(sum_sq > 0, (rule_sq / _safe(sum_sq)).sqrt(), 0.0)
+    return scale, scale
+
 # %% ../nbs/02_surgery.ipynb #8bd9e993
 @dataclass(frozen=True)
 class SignRule:
@@ -163,8 +291,37 @@ RULES: dict[str, Callable | SignRule] = {
     "eupmu": eupmu,
     "imtlg": imtlg,
     "configrad": configrad,
+    "cagrad": cagrad,
+    "nash_mtl": nash_mtl,
+    "aligned_mtl": aligned_mtl,
+    "gradvac": gradvac,
+    "rlw": rlw,
+    "rescaled_sum": rescaled_sum,
 }
 GRANULARITIES = ("global", "param")
+FIXED_LENGTH = ("nash_mtl",)  # ‖u‖ does not follow the gradients' scale: u(c·g) = u(g)
+# the state a rule starts from, per unit: (unit shape, device, seed) -> dict
+RULE_STATES = {
+    "gradvac": lambda shape, device, seed: {
+        "target": torch.zeros(shape, dtype=torch.float64, device=device)
+    },
+    "rlw": lambda shape, device, seed: {"random": random.Random(seed).getstate()},
+}
+# the rules whose update length `rescaled_sum` can take: the three sums, no state
+LENGTH_RULES = tuple(
+    k
+    for k, v in RULES.items()
+    if not isinstance(v, SignRule) and k not in RULE_STATES and k != "rescaled_sum"
+)
+
+
+def _global_only(rule: str) -> str | None:
+    "Why `rule` accepts only the 'global' granularity, or None."
+    if _elementwise(RULES[rule]):
+        return "works element by element"
+    if rule == "rlw":
+        return "draws one weighting for the whole model"
+    return None
 
 
 def _elementwise(unit) -> bool:
@@ -184,11 +341,10 @@ def get_rule(
             f"unknown granularity {granularity!r}; choose one of: {', '.join(GRANULARITIES)}"
         )
     if granularity not in rule_granularities(rule):
-        units = ", ".join(k for k in RULES if len(rule_granularities(k)) > 1)
         raise ValueError(
-            f"granularity {granularity!r} does not apply to rule {rule!r}, which works element by "
-            "element; "
-            f"leave granularity='global' (granularity picks the unit of {units})"
+            f"granularity {granularity!r} does not apply to rule {rule!r}, which "
+            f"{_global_only(rule)}; leave granularity='global' (granularity picks the unit of "
+            f"{', '.join(k for k in RULES if len(rule_granularities(k)) > 1)})"
         )
     return RULES[rule]
 
@@ -196,8 +352,8 @@ def get_rule(
 def rule_granularities(
     rule: str,  # a name in RULES
 ) -> tuple[str, ...]:
-    "The granularities `rule` accepts: only 'global' for the rules that decide element by element."
-    return ("global",) if _elementwise(RULES[rule]) else GRANULARITIES
+    "The granularities `rule` accepts: only 'global' for element-wise rules and `rlw`."
+    return ("global",) if _global_only(rule) else GRANULARITIES
 
 
 def is_elementwise(
@@ -205,6 +361,104 @@ def is_elementwise(
 ) -> bool:
     "Whether `rule` decides element by element (its `conflict` statistic is a share of elements)."
     return _elementwise(get_rule(rule))
+
+# %% ../nbs/02_surgery.ipynb #8be9fb2d
+_OPTION_LIMITS = {  # the allowed range of each numeric hyperparameter, by name
+    "c": dict(low=0),
+    "beta": dict(low=0, high=1),
+    "max_norm": dict(low=0, hint="0 turns clipping off"),
+    "margin": dict(low=0),
+}
+
+
+def rule_options(
+    rule: str,  # a name in RULES
+) -> dict:
+    "The hyperparameters of `rule` and their defaults ({} for a rule without any)."
+    unit = get_rule(rule)
+    if isinstance(unit, SignRule):
+        return {}
+    parameters = inspect.signature(unit).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name != "state"}
+
+
+def check_rule_options(
+    rule: str,  # a name in RULES
+    options: dict | None = None,  # some of its hyperparameters; None: the defaults
+) -> dict:
+    "Every hyperparameter of `rule`: `options` checked, the defaults for the rest."
+    defaults = rule_options(rule)
+    unknown = sorted(set(options or {}) - set(defaults))
+    if unknown:
+        known = ", ".join(f"{k} (default {v!r})" for k, v in defaults.items())
+        raise ValueError(
+            f"rule {rule!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
+            + (f"its hyperparameters are: {known}" if known else "it has none: leave it empty")
+        )
+    resolved = defaults | dict(options or {})
+    for name, value in resolved.items():
+        if isinstance(defaults[name], str):
+            check_choice(f"{rule} option {name}", value, LENGTH_RULES)
+        else:
+            check_number(f"{rule} option {name}", value, **_OPTION_LIMITS.get(name, {}))
+            resolved[name] = float(value)
+    return resolved
+
+
+def parse_rule_options(
+    rule: str,  # a name in RULES
+    text: str,  # `name=value,...`, e.g. `c=0.5`; empty: the defaults
+) -> dict:
+    "The hyperparameters written in `text`, typed as their defaults (not yet range-checked)."
+    defaults, options = rule_options(rule), {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name or not value:
+            raise ValueError(
+                f"rule options must be name=value pairs separated by commas, got {item!r}; "
+                "e.g. 'c=0.5' or 'beta=0.01'"
+            )
+        if isinstance(defaults.get(name), float):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{rule} option {name} must be a number, got {value!r}") from None
+        options[name] = value
+    return options
+
+
+def options_label(
+    rule: str,  # a name in RULES
+    options: dict | None,  # its hyperparameters (checked or not)
+) -> str:
+    "The non-default hyperparameters as `name=value` joined by '-' (sorted); '' if none."
+    defaults, resolved = rule_options(rule), check_rule_options(rule, options)
+    changed = [k for k in sorted(resolved) if resolved[k] != defaults[k]]
+    return "-".join(f"{k}={resolved[k]}" for k in changed)
+
+
+def init_rule_state(
+    rule: str,  # a name in RULES
+    granularity: str = "global",  # 'global' (one unit) or 'param' (a unit per tensor)
+    tensors: int = 1,  # tensors (units) the rule will see, for 'param'
+    device: torch.device | str = "cpu",  # where tensor state lives (the gradients' device)
+    seed: int = 0,  # the random rules' seed
+) -> dict:
+    "A fresh state for `rule` ({} for a rule without state)."
+    get_rule(rule, granularity)
+    make = RULE_STATES.get(rule)
+    shape = () if granularity == "global" else (tensors,)
+    return {} if make is None else make(shape, torch.device(device), seed)
+
+
+def _check_state(rule: str, state: dict, fresh: dict):
+    "The state passed in has the keys and tensor shapes of a fresh one."
+    shape = lambda s: {k: tuple(v.shape) if torch.is_tensor(v) else type(v) for k, v in s.items()}
+    if shape(state) != shape(fresh):
+        raise ValueError(
+            f"the state of rule {rule!r} has {shape(state)}, expected {shape(fresh)}; pass "
+            "init_rule_state(rule, granularity, len(forget_grads), device) once and reuse it"
+        )
 
 # %% ../nbs/02_surgery.ipynb #d489946f
 def combine_gradients(
@@ -220,6 +474,8 @@ def combine_gradients(
     check_finite: bool = True,  # raise ValueError on inf/nan, at the cost of one host sync
     chunk_size: int | None = None,  # elements per piece; None: 2**20 on CPU, 2**24 elsewhere
     per_tensor: bool = False,  # also return stats['per_tensor'], a row per input tensor
+    options: dict | None = None,  # the rule's hyperparameters (`rule_options`); None: defaults
+    state: dict | None = None,  # a stateful rule's state (`init_rule_state`), updated in place
 ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:  # u per parameter, and the statistics
     """Combine forget and retain gradients with `rule` into the update u (then θ ← θ − η·u).
 
@@ -241,8 +497,12 @@ def combine_gradients(
     partial sums are all-reduced once, as one small (tensors × 5) tensor, so every rank takes the
     same decision and its shard of u equals the slice of the unsharded result. With DDP (full,
     already averaged gradients on every rank) pass `group=None`: an all-reduce would count each
-    gradient world-size times."""
-    unit = get_rule(rule, granularity)
+    gradient world-size times.
+
+    **Hyperparameters and state.** `options` sets the rule's hyperparameters (`rule_options(rule)`
+    lists them with their defaults). A stateful rule (`RULE_STATES`) updates `state` in place;
+    pass the same dict every step (None: a fresh state, for a one-off call)."""
+    unit, options = get_rule(rule, granularity), check_rule_options(rule, options)
     forget_weight, retain_weight = (
         _check_weight("forget_weight", forget_weight),
         _check_weight("retain_weight", retain_weight),
@@ -260,6 +520,11 @@ def combine_gradients(
             f"chunk_size must be an int from 1 to 2**24 (got {chunk!r}); float32 conflict counts "
             "are exact up to 2**24 per piece"
         )
+    if rule in RULE_STATES:
+        fresh = init_rule_state(rule, granularity, len(forget_grads), device)
+        state = fresh if state is None else state
+        _check_state(rule, state, fresh)
+        options = options | {"state": state}
     pieces = _pieces(forget_grads, retain_grads, out, chunk)
     numels = [g.numel() for g in forget_grads]
     if isinstance(unit, SignRule):
@@ -282,10 +547,19 @@ def combine_gradients(
             torch.float64 if any(g.dtype == torch.float64 for g in forget_grads) else torch.float32
         )
         forget_w, retain_w = _sweep_projection(
-            unit, pieces, table, granularity, forget_weight, retain_weight, coef_dtype
+            functools.partial(unit, **options),
+            pieces,
+            table,
+            granularity,
+            forget_weight,
+            retain_weight,
+            coef_dtype,
         )
     stats = _stats(unit, table, granularity, forget_w, retain_w)
-    return out, stats | ({"per_tensor": table} if per_tensor else {})
+    if not per_tensor:
+        return out, stats
+    coefs = _row_weights(unit, table, granularity, forget_w, retain_w)
+    return out, stats | {"per_tensor": table, "per_tensor_coef": coefs}
 
 # %% ../nbs/02_surgery.ipynb #388cad06
 PER_TENSOR_COLUMNS = ("dot", "forget_sq", "retain_sq", "conflicting_elements", "elements")
@@ -329,6 +603,29 @@ def _stats(
     return stats | dict(
         conflict=(dot < 0).to(dot.dtype), forget_coef=scalar(forget_w), retain_coef=scalar(retain_w)
     )
+
+
+def _row_weights(
+    unit: Callable | SignRule,  # the rule, from get_rule
+    table: torch.Tensor,  # the weighted (and all-reduced) per-tensor table
+    granularity: str,  # 'global' or 'param'
+    forget_w,  # the projection rule's weights; None for a sign rule
+    retain_w,
+) -> torch.Tensor:  # (tensors × 2) float64
+    "The weights (w1, w2) of each tensor's update (element-wise rules: averaged over its elements)."
+    if _elementwise(unit):
+        share = table[:, 3] / table[:, 4].clamp_min(1)
+        (c1, c2), (a1, a2) = unit.conflict, unit.agree
+        return torch.stack([a1 + (c1 - a1) * share, a2 + (c2 - a2) * share], 1)
+    if isinstance(unit, SignRule):
+        forget_w, retain_w = unit.agree
+    rows = table[:, 0]
+    column = lambda w: (
+        rows.new_full(rows.shape, w)
+        if isinstance(w, float)
+        else w.to(rows.dtype).expand(rows.shape)
+    )
+    return torch.stack([column(forget_w), column(retain_w)], 1)
 
 # %% ../nbs/02_surgery.ipynb #dcfdca9b
 def _check_weight(
@@ -419,10 +716,13 @@ def reference_combine(
     retain_weight: float = 1.0,  # α: g2 = α·retain_grads
     granularity: str = "global",  # 'global' (one unit) or 'param' (a unit per tensor)
     dtype: torch.dtype | None = torch.float64,  # the formulas' dtype; None: the gradients' own
+    options: dict | None = None,  # the rule's hyperparameters; None: the defaults
+    state: dict | None = None,  # a stateful rule's state, advanced here (None: a fresh one)
 ) -> list[torch.Tensor]:  # the update u per parameter, new tensors in `dtype`
     """The update of `rule` as the formulas write it, to check `combine_gradients` against: slow
     (copies, one host read per sum) and plain (a Python `if` per unit)."""
     get_rule(rule, granularity)  # the errors of combine_gradients
+    options = check_rule_options(rule, options)
     g1 = [forget_weight * g.to(dtype or g.dtype) for g in forget_grads]
     g2 = [retain_weight * g.to(dtype or g.dtype) for g in retain_grads]
     if rule == "sum":
@@ -431,13 +731,36 @@ def reference_combine(
         return [torch.where(x * y < 0, y, x) for x, y in zip(g1, g2)]
     if rule == "sago_sum":  # g2 where the signs conflict, g1 + g2 elsewhere
         return [torch.where(x * y < 0, y, x + y) for x, y in zip(g1, g2)]
+    if rule == "rescaled_sum":  # the sum, at the length of the other rule's update
+        inner = reference_combine(
+            forget_grads,
+            retain_grads,
+            options["norm_of"],
+            forget_weight,
+            retain_weight,
+            granularity,
+            dtype,
+        )
+        return _reference_rescaled(g1, g2, inner, granularity)
+    if rule in ("cagrad", "nash_mtl", "aligned_mtl", "gradvac", "rlw"):
+        if state is None:
+            state = init_rule_state(rule, granularity, len(g1))
+        return _reference_weighted(rule, g1, g2, granularity, options, state)
+    if rule not in (
+        "pcgrad",
+        "pcgrad_retain",
+        "dualproj",
+        "upgrad",
+        "eupmu",
+        "imtlg",
+        "configrad",
+        "mgda",
+    ):
+        raise NotImplementedError(f"reference_combine has no formula for rule {rule!r}; add it")
     if rule == "mgda":  # the min-norm point of the hull, from the materialised g1 − g2
         return _reference_mgda(g1, g2, granularity)
-    if rule not in ("pcgrad", "pcgrad_retain", "dualproj", "upgrad", "eupmu", "imtlg", "configrad"):
-        raise NotImplementedError(f"reference_combine has no formula for rule {rule!r}; add it")
-    units = [list(range(len(g1)))] if granularity == "global" else [[i] for i in range(len(g1))]
     out = [None] * len(g1)
-    for unit in units:
+    for unit in _units(len(g1), granularity):
         d = sum(float((g1[i] * g2[i]).sum()) for i in unit)
         n1 = sum(float((g1[i] ** 2).sum()) for i in unit)
         n2 = sum(float((g2[i] ** 2).sum()) for i in unit)
@@ -471,9 +794,8 @@ def reference_combine(
 
 def _reference_mgda(g1: list, g2: list, granularity: str) -> list:
     "MGDA per unit in float64: x = ⟨g2 − g1, g2⟩/‖g1 − g2‖², clipped to [0, 1] with `if`s."
-    units = [list(range(len(g1)))] if granularity == "global" else [[i] for i in range(len(g1))]
     out = [None] * len(g1)
-    for unit in units:
+    for unit in _units(len(g1), granularity):
         diff = [g1[i] - g2[i] for i in unit]
         den = sum(float((e**2).sum()) for e in diff)
         num = -sum(float((e * g2[i]).sum()) for e, i in zip(diff, unit))
@@ -481,3 +803,113 @@ def _reference_mgda(g1: list, g2: list, granularity: str) -> list:
         for i in unit:
             out[i] = x * g1[i] + (1 - x) * g2[i]
     return out
+
+
+def _units(tensors: int, granularity: str) -> list[list[int]]:
+    "The tensor indices of each decision unit."
+    return [list(range(tensors))] if granularity == "global" else [[i] for i in range(tensors)]
+
+
+def _unit_sums(g1: list, g2: list, unit: list[int]) -> tuple[float, float, float]:
+    "‖g1‖², ‖g2‖², ⟨g1, g2⟩ over the unit, one host read each."
+    sq = lambda xs, ys: sum(float((xs[i] * ys[i]).sum()) for i in unit)
+    return sq(g1, g1), sq(g2, g2), sq(g1, g2)
+
+
+def _reference_weighted(
+    rule: str, g1: list, g2: list, granularity: str, options: dict, state: dict
+) -> list:
+    "u = w1·g1 + w2·g2 per unit, the weights from `_reference_weights`; `state` advanced."
+    out, targets = [None] * len(g1), []
+    for k, unit in enumerate(_units(len(g1), granularity)):
+        own = dict(state)
+        if rule == "gradvac":
+            own["target"] = float(state["target"].reshape(-1)[k])
+        w1, w2 = _reference_weights(rule, *_unit_sums(g1, g2, unit), options, own)
+        targets.append(own.get("target"))
+        if rule == "rlw":
+            state["random"] = own["random"]
+        for i in unit:
+            out[i] = w1 * g1[i] + w2 * g2[i]
+    if rule == "gradvac":
+        state["target"] = torch.tensor(targets, dtype=torch.float64).reshape(state["target"].shape)
+    return out
+
+
+def _reference_rescaled(g1: list, g2: list, inner: list, granularity: str) -> list:
+    "The sum of each unit, scaled to the norm of the other rule's update `inner` on that unit."
+    out = [None] * len(g1)
+    for unit in _units(len(g1), granularity):
+        sum_sq = sum(float(((g1[i] + g2[i]) ** 2).sum()) for i in unit)
+        scale = (
+            math.sqrt(sum(float((inner[i] ** 2).sum()) for i in unit) / sum_sq) if sum_sq else 0.0
+        )
+        for i in unit:
+            out[i] = scale * (g1[i] + g2[i])
+    return out
+
+# %% ../nbs/02_surgery.ipynb #211aa0a4
+def _reference_weights(
+    rule: str,  # cagrad, nash_mtl, aligned_mtl, gradvac or rlw
+    a: float,  # ‖g1‖² of the unit
+    b: float,  # ‖g2‖² of the unit
+    d: float,  # ⟨g1, g2⟩ of the unit
+    options: dict,  # the rule's hyperparameters, resolved
+    state: dict,  # a stateful rule's state for this unit: {'target': float} or {'random': ...}
+) -> tuple[float, float]:
+    "The weights of the newer rules in plain Python floats, as their papers write them."
+    r1, r2 = math.sqrt(a), math.sqrt(b)
+    if rule == "cagrad":  # the stationary point of the dual on the hull, clipped to [0, 1]
+        radius = options["c"] * math.sqrt(max(a + b + 2 * d, 0.0)) / 2  # c‖g0‖
+        if radius == 0:
+            return 0.5, 0.5
+        e, p, det, s = a + b - 2 * d, d - b, max(a * b - d * d, 0.0), (b - a) / (2 * radius)
+        x = (s * math.sqrt(det / (e - s * s)) - p) / e if e > s * s else float(s > 0)
+        x = min(max(x, 0.0), 1.0)
+        hull = math.sqrt(max(x * x * a + (1 - x) ** 2 * b + 2 * x * (1 - x) * d, 0.0))
+        if hull == 0:  # the minimiser is g_x = 0: the ball's centre
+            return 0.5, 0.5
+        return 0.5 + radius / hull * x, 0.5 + radius / hull * (1 - x)
+    if rule == "nash_mtl":  # α_i = 1/(‖g_i‖√(1 + ρ)), ‖u‖ = √2, then clipped
+        if a and b and 1 + d / (r1 * r2) <= 0:  # exactly opposite: no solution
+            return 0.0, 0.0
+        if a and b:
+            lift = math.sqrt(1 + d / (r1 * r2))
+            alpha, norm = (1 / (r1 * lift), 1 / (r2 * lift)), math.sqrt(2)
+        else:  # one task left: its one-task solution ĝ
+            alpha, norm = (1 / r1 if a else 0.0, 1 / r2 if b else 0.0), 1.0
+        clip = 1.0 if options["max_norm"] == 0 else min(1.0, options["max_norm"] / norm)
+        return alpha[0] * clip, alpha[1] * clip
+    if rule == "aligned_mtl":  # from the eigen-decomposition, torchjd's rank threshold
+        lam, vec = torch.linalg.eigh(torch.tensor([[a, d], [d, b]], dtype=torch.float64))
+        lam, vec = lam.tolist(), vec.T.tolist()  # ascending; vec[i] belongs to lam[i]
+        if lam[1] <= 0:
+            return 0.5, 0.5
+        if lam[0] <= 2 * lam[1] * torch.finfo(torch.float64).eps:
+            v = vec[1]
+            return 0.5 * (v[0] + v[1]) * v[0], 0.5 * (v[0] + v[1]) * v[1]
+        B = [
+            [
+                sum(math.sqrt(lam[0] / lam[k]) * vec[k][i] * vec[k][j] for k in (0, 1))
+                for j in (0, 1)
+            ]
+            for i in (0, 1)
+        ]  # √λ_min·V Λ^(−1/2) Vᵀ
+        return 0.5 * (B[0][0] + B[0][1]), 0.5 * (B[1][0] + B[1][1])
+    if rule == "gradvac":  # g_i += ‖g_i‖(φ̂√(1−φ²) − φ√(1−φ̂²))/(‖g_j‖√(1−φ̂²))·g_j if φ < φ̂
+        target = state["target"]
+        phi = d / (r1 * r2) if a and b else 0.0
+        state["target"] = (1 - options["beta"]) * target + options["beta"] * phi
+        if not (a and b) or phi >= target:
+            return 1.0, 1.0
+        lift = target * math.sqrt(max(1 - phi * phi, 0.0)) - phi * math.sqrt(1 - target * target)
+        lift /= math.sqrt(1 - target * target)
+        return 1 + lift * r2 / r1, 1 + lift * r1 / r2
+    if rule == "rlw":  # softmax of two standard normals from the rule's generator
+        generator = random.Random()
+        generator.setstate(state["random"])
+        z = [generator.gauss(0.0, 1.0), generator.gauss(0.0, 1.0)]
+        state["random"] = generator.getstate()
+        total = math.exp(z[0]) + math.exp(z[1])
+        return math.exp(z[0]) / total, math.exp(z[1]) / total
+    raise NotImplementedError(f"reference_combine has no formula for rule {rule!r}; add it")
