@@ -14,7 +14,8 @@ inputs and the output (CUDA only: the CPU allocator keeps no statistics; there t
 bounded by construction, at most two pieces of `chunk_size` elements). It also times a straightforward
 PCGrad: `toxigs.surgery.reference_combine`, the transcription of the formulas the tests check against, in
 the gradients' own dtype (Python loop over parameters, a host read per sum, an `if`, copies of both
-gradients), and prints our speed-up over it. The bandwidth is measured in the same run (best of a copy,
+gradients), and prints our speed-up over it. Where torchjd is installed (a dev dependency) it also times
+torchjd's aggregator of each rule on the same gradients (the 2 x n matrix [g1; g2]). The bandwidth is measured in the same run (best of a copy,
 an add and an in-place add of 256 MiB buffers) unless `--bandwidth` is given.
 
     python bench/surgery.py --device cpu --repeats 3
@@ -30,6 +31,11 @@ import warnings
 import torch
 
 from toxigs.surgery import RULES, SignRule, combine_gradients, reference_combine, rule_granularities
+
+try:  # a dev dependency: the reference the rules are tested against, timed beside them
+    import torchjd.aggregation as tja
+except ImportError:
+    tja = None
 
 GPT2_TENSORS, GPT2_ELEMENTS = 148, 124_439_808
 LLAMA_TENSORS, LLAMA_ELEMENTS = 146, 1_235_814_400
@@ -104,6 +110,16 @@ def time_once(fn, device) -> tuple[float, float | None]:
     return seconds, extra
 
 
+def torchjd_aggregators() -> dict:
+    "torchjd's aggregator of each rule it also has, with its defaults (CAGrad's c: the paper's 0.4)."
+    if tja is None:
+        return {}
+    return {"sum": tja.Sum(), "pcgrad": tja.PCGrad(), "mgda": tja.MGDA(), "dualproj": tja.DualProj(),
+            "upgrad": tja.UPGrad(), "imtlg": tja.IMTLG(), "configrad": tja.ConFIG(), "cagrad": tja.CAGrad(c=0.4),
+            "nash_mtl": tja.NashMTL(n_tasks=2), "aligned_mtl": tja.AlignedMTL(), "gradvac": tja.GradVac(),
+            "rlw": tja.Random()}
+
+
 def bench(name: str, shapes, device, repeats: int, bandwidth: float | None, reference: bool, chunk_size: int | None):
     n = elements(shapes)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -131,6 +147,11 @@ def bench(name: str, shapes, device, repeats: int, bandwidth: float | None, refe
     runs["pcgrad / global, check_finite=True"] = (
         lambda: combine_gradients(forget, retain, "pcgrad", check_finite=True, chunk_size=chunk_size), 5)
     if reference: runs[REFERENCE] = (lambda: reference_combine(forget, retain, "pcgrad", dtype=None), 5)
+    # torchjd aggregates the matrix [g1; g2]: built once here (its Jacobian), not timed
+    aggregators = torchjd_aggregators()
+    matrix = torch.stack([flat_forget, flat_retain]) if aggregators else None
+    for rule, aggregator in aggregators.items():
+        runs[f"torchjd {rule}"] = (lambda aggregator=aggregator: aggregator(matrix), 3)
 
     times, extras = {k: [] for k in runs}, {k: 0 for k in runs}
     for round_ in range(repeats + 1):  # round 0 warms up (allocator, caches, layout)
@@ -152,11 +173,22 @@ def bench(name: str, shapes, device, repeats: int, bandwidth: float | None, refe
         extra = f"{extras[key] / 2**20:,.0f}" if device.type == "cuda" else "n/a"
         print(f"| {key} | {med * 1e3:,.1f} | {best * 1e3:,.1f} | {med / base:.2f} | {arrays} | {bound * 1e3:,.1f} "
               f"| {med / bound:.2f} | {extra} |")
+    if aggregators:
+        print("\nBeside torchjd (its aggregator on the 2 x n matrix [g1; g2], the matrix built once, untimed;"
+              " toxigs on one flat tensor per side, as training calls it):\n")
+        print("| rule | toxigs ms | × sum | torchjd ms | torchjd / toxigs |")
+        print("|---|---:|---:|---:|---:|")
+        for rule in RULES:
+            ours = statistics.median(times[f"{rule} / global, one flat tensor"])
+            flat_sum = statistics.median(times["sum / global, one flat tensor"])
+            theirs = statistics.median(times[f"torchjd {rule}"]) if rule in aggregators else None
+            cells = f"{theirs * 1e3:,.1f} | {theirs / ours:.2f}" if theirs else "— | —"
+            print(f"| {rule} | {ours * 1e3:,.1f} | {ours / flat_sum:.2f} | {cells} |")
     if reference:
         ours = statistics.median(times["pcgrad / global"])
         print(f"\nspeed-up of pcgrad / global over the reference: "
               f"{statistics.median(times[REFERENCE]) / ours:.1f}x")
-    del forget, retain, flat_forget, flat_retain, pristine
+    del forget, retain, flat_forget, flat_retain, pristine, matrix
 
 
 def main():

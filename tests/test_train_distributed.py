@@ -33,7 +33,8 @@ def run_from_base(base_dir, run_dir, **overrides) -> dict:
     return final_weights(config.path), read_metrics(config.path), json.loads((config.path / "config.json").read_text())["layers"]
 
 
-@pytest.mark.parametrize("method", ["idkdpo_pcgrad", "graddiff_sago"])
+# a projection rule, an element-wise one, a Gramian rule of the literature and a stateful one
+@pytest.mark.parametrize("method", ["idkdpo_pcgrad", "graddiff_sago", "graddiff_cagrad", "idkdpo_gradvac"])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(base_dir, tmp_path, method, strategy):
     one, one_metrics, one_layers = run_from_base(base_dir, tmp_path / "one", method=method, batch_size=4)
@@ -46,6 +47,10 @@ def test_two_processes_match_one(base_dir, tmp_path, method, strategy):
     for a, b in zip(one_metrics, two_metrics):
         torch.testing.assert_close(torch.tensor(b["layer_cosine"]), torch.tensor(a["layer_cosine"]), rtol=0, atol=1e-5)
         torch.testing.assert_close(torch.tensor(b["layer_conflict"]), torch.tensor(a["layer_conflict"]), rtol=0, atol=1e-3)
+        # the rule's weights (and state) on every step; an element-wise rule's are its conflict share's
+        coef_atol = 1e-3 if is_elementwise(parse_method(method)[1]) else 1e-6
+        for key in ("forget_coef", "retain_coef"):
+            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=coef_atol)
     start = final_weights(base_dir)
     for name in one:
         assert not torch.equal(one[name], start[name]), f"{name} did not train"

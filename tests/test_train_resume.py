@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -24,8 +25,11 @@ def weights(run_path: Path) -> dict:
     return load_file(run_path / "checkpoints" / "final" / "model.safetensors")
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
-    settings = dict(method="graddiff_pcgrad", steps=150, base_steps=20, save_every=5, batch_size=4)
+# pcgrad keeps no state between steps; gradvac keeps its target cosine (a tensor on the device) and
+# rlw its generator (on the host): both must come back from the checkpoint for the weights to match
+@pytest.mark.parametrize("method", ["graddiff_pcgrad", "graddiff_gradvac", "graddiff_rlw"])
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, method):
+    settings = dict(method=method, steps=150, base_steps=20, save_every=5, batch_size=4)
     straight = TrainConfig(run_dir=str(tmp_path / "straight"), **settings)
     assert start(straight).wait() == 0
 
@@ -53,3 +57,4 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert [m["step"] for m in resumed] == list(range(1, settings["steps"] + 1))
     for m1, m2 in zip(uninterrupted, resumed):
         assert m1["forget_loss"] == m2["forget_loss"] and m1["cosine"] == m2["cosine"], m1["step"]
+        assert m1["forget_coef"] == m2["forget_coef"], m1["step"]  # the rule's state came back

@@ -127,8 +127,22 @@ def find_runs(
             f"{runs_dir} holds no run directories (folders with config.json); train some with "
             "nbs/train.ipynb"
         )
+    _refuse_shared_keys(runs, runs_dir)
     order = {m: i for i, m in enumerate(method_names())}
     return sorted(runs, key=lambda r: (order[r.method], r.seed, r.name))
+
+
+def _refuse_shared_keys(runs: list[Run], runs_dir):
+    "The comparison keys runs by (method, seed): two runs that differ only in rule options clash."
+    seen = {}
+    for r in runs:
+        other = seen.setdefault((r.method, r.seed), r)
+        if other is not r:
+            raise ValueError(
+                f"{runs_dir} holds two runs of {r.method} with seed {r.seed} ({other.name}, "
+                f"{r.name}), which differ in rule_options; the comparison would pool them: put "
+                "each hyperparameter setting in its own experiment folder (run_dir)"
+            )
 
 
 def _as_runs(runs) -> list[Run]:
@@ -472,6 +486,12 @@ _SYMBOLS = (  # by rule, one per rule of RULES
     "star-triangle-up",
     "hourglass",
     "bowtie",
+    "star-square",
+    "asterisk",
+    "y-up",
+    "triangle-left",
+    "triangle-right",
+    "octagon",
 )
 _DASHES = (  # by rule, one per rule of RULES
     "solid",
@@ -486,6 +506,12 @@ _DASHES = (  # by rule, one per rule of RULES
     "12px,3px,3px,3px",
     "6px,2px,2px,2px,2px,2px",
     "1px,3px",
+    "10px,5px",
+    "4px,4px,1px,4px",
+    "15px,3px",
+    "2px,2px,8px,2px",
+    "5px,1px",
+    "1px,1px",
 )
 BASE_STYLE = dict(color="#555555", symbol="star", dash="solid")  # the fine-tuned base
 OTHER_STYLE = dict(color=_PALETTE[0], symbol="circle", dash="solid")  # a label that names no method

@@ -62,9 +62,15 @@ def parse_method(method: str) -> tuple[str | None, str | None]:
     raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(method_names())}")
 
 
-def run_name(method: str, seed: int) -> str:
-    "The directory of a run in its experiment folder: `base`, or `<method>-seed<seed>`."
-    return BASE_RUN if method == FINETUNE else f"{method}-seed{seed}"
+def run_name(
+    method: str,  # `finetune` or `<objective>[_<rule>]`
+    seed: int,  # the unlearning seed
+    options: str = "",  # the non-default rule hyperparameters, e.g. `c=0.5` (`options_label`)
+) -> str:
+    "The directory of a run in its experiment folder: `base`, or `<method>[-<options>]-seed<seed>`."
+    if method == FINETUNE:
+        return BASE_RUN
+    return f"{method}-{options}-seed{seed}" if options else f"{method}-seed{seed}"
 
 # %% ../nbs/02a_runs.ipynb #efe4e979
 CONFIG_FILE = "config.json"  # every resolved parameter of the run

@@ -664,6 +664,7 @@ def plot_rules(
     forget_grad: Sequence[float] = (1.0, 0.6),  # g1 in the plane
     retain_grad: Sequence[float] = (-0.8, 0.9),  # g2 in the plane
     rules: Sequence[str] = tuple(RULES),  # which rules to draw, one panel each
+    per_row: int = 6,  # panels per row
 ):
     "A plotly figure with one panel per rule: g1 (red), g2 (blue) and the update u (black)."
 
@@ -671,12 +672,19 @@ def plot_rules(
         torch.tensor(forget_grad, dtype=torch.float64),
         torch.tensor(retain_grad, dtype=torch.float64),
     )
+    cols = min(len(rules), per_row)
+    rows = math.ceil(len(rules) / cols)
     fig = make_subplots(
-        rows=1, cols=len(rules), subplot_titles=list(rules), horizontal_spacing=0.03
+        rows=rows,
+        cols=cols,
+        subplot_titles=list(rules),
+        horizontal_spacing=0.03,
+        vertical_spacing=0.24 / rows,
     )
     vecs = {r: combine_gradients([g1.clone()], [g2], r, check_finite=False)[0][0] for r in rules}
     lim = 1.15 * max(float(v.abs().max()) for v in [g1, g2, *vecs.values()])
-    for col, r in enumerate(rules, 1):
+    for k, r in enumerate(rules):
+        row, col = k // cols + 1, k % cols + 1
         for name, v, colour in (
             ("g1 forget", g1, "#d62728"),
             ("g2 retain", g2, "#1f77b4"),
@@ -691,20 +699,22 @@ def plot_rules(
                     line=dict(color=colour, width=3 if name[0] == "u" else 2),
                     marker=dict(symbol="arrow", angleref="previous", size=[0, 12]),
                     legendgroup=name,
-                    showlegend=col == 1,
+                    showlegend=k == 0,
                 ),
-                row=1,
+                row=row,
                 col=col,
             )
-        fig.update_xaxes(range=[-lim, lim], zeroline=True, row=1, col=col)
+        fig.update_xaxes(range=[-lim, lim], zeroline=True, row=row, col=col)
         fig.update_yaxes(
             range=[-lim, lim],
             zeroline=True,
-            scaleanchor=f"x{col if col > 1 else ''}",
-            row=1,
+            scaleanchor=f"x{k + 1 if k else ''}",
+            row=row,
             col=col,
         )
-    fig.update_layout(height=300, width=220 * len(rules) + 120, margin=dict(l=20, r=20, t=40, b=20))
+    fig.update_layout(
+        height=260 * rows + 40, width=220 * cols + 120, margin=dict(l=20, r=20, t=40, b=20)
+    )
     return fig
 
 # %% ../nbs/02_surgery.ipynb #a9aa2875

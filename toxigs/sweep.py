@@ -13,13 +13,15 @@ from pathlib import Path
 
 import toxigs
 from .analysis import summarize_experiment
-from .checks import run_command
+from .checks import check_choice, run_command
 from .evaluate import RESULTS_FILE, check_evaluation_arguments, evaluate_run
 from .parameters import add_parameter_flags
+from .objectives import OBJECTIVES
+from .surgery import RULES
 from .train import TrainConfig, run
 
 # %% auto #0
-__all__ = ['PAPER_METHODS', 'VARIANTS', 'SHARED', 'EVALUATION_OWN', 'sweep_configs', 'render_comparison', 'sweep',
+__all__ = ['PAPER_METHODS', 'VARIANTS', 'SHARED', 'EVALUATION_OWN', 'sweep_configs', 'rule_methods', 'render_comparison', 'sweep',
            'parse_arguments', 'main']
 
 # %% ../nbs/07_sweep.ipynb #cc879501
@@ -47,6 +49,20 @@ def sweep_configs(
         for seed in seeds
         for method in methods
     ]
+
+
+def rule_methods(
+    objectives: list[str],  # objectives, e.g. ['graddiff', 'idkdpo']
+    rules: list[str],  # rule names, or ['all'] for every rule in RULES
+) -> list[str]:
+    "Each objective alone (its plain-sum twin), then with each rule: the methods of a rule study."
+    chosen = [r for r in RULES if r != "sum"] if rules == ["all"] else rules
+    for rule in chosen:
+        check_choice("rules", rule, RULES)
+    for objective in objectives:
+        check_choice("objectives", objective, OBJECTIVES)
+    methods = [f"{o}_{r}" for o in objectives for r in chosen if r != "sum"]
+    return list(objectives) + methods
 
 # %% ../nbs/07_sweep.ipynb #1b1555dd
 def _compare_notebook() -> Path:
@@ -115,7 +131,17 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[dict, dict, argparse
     "(training settings, evaluation settings, the sweep's own options) from the command line."
     parser = argparse.ArgumentParser(prog="toxigs-sweep", description=sweep.__doc__)
     parser.add_argument("--run-dir", default="runs/embedded", help="the experiment folder")
-    parser.add_argument("--methods", nargs="+", default=PAPER_METHODS + VARIANTS)
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="the methods (default: the paper's and variants)"
+    )
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        default=None,
+        help="a rule study: these rules (or `all`) with each of "
+        "--objectives, and each objective's plain sum; instead of --methods",
+    )
+    parser.add_argument("--objectives", nargs="+", default=["graddiff", "idkdpo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="unlearning seeds")
     parser.add_argument("--device", default="auto", help="where training and evaluation run")
     parser.add_argument("--no-compare", action="store_true", help="skip rendering compare.ipynb")
@@ -130,6 +156,12 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[dict, dict, argparse
             k: given.pop(k)
             for k in ("run_dir", "methods", "seeds", "device", "no_compare", "publish")
         }
+    )
+    rules, objectives = given.pop("rules"), given.pop("objectives")
+    if rules and own.methods:
+        parser.error("give --methods or --rules (with --objectives), not both")
+    own.methods = (
+        rule_methods(objectives, rules) if rules else own.methods or PAPER_METHODS + VARIANTS
     )
     train_settings = {k: v for k, v in given.items() if k in training}
     evaluation = {k: v for k, v in given.items() if k in evaluating} | {"device": own.device}

@@ -43,18 +43,21 @@ from .runs import RunLock, append_jsonl, checkpoint_steps, final_checkpoint, is_
 from .runs import library_versions, parse_method, read_json, read_metrics, replace_directory
 from .runs import resume_checkpoint, run_name, step_checkpoint, sync_file, verify_checkpoint
 from .runs import write_checksums, write_json_atomic, write_jsonl_atomic
-from .surgery import combine_gradients, get_rule, is_elementwise
+from .surgery import check_rule_options, combine_gradients, get_rule, init_rule_state
+from .surgery import is_elementwise, options_label, parse_rule_options
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'TASKS', 'TrainConfig', 'IndexStream', 'RunData', 'prepare_data', 'FlatGradients', 'ShardedGradients',
-           'parameter_blocks', 'layer_statistics', 'save_checkpoint', 'load_trainer_state', 'prune_checkpoints',
-           'run_summary', 'check_resumable', 'start_model', 'RunStart', 'on_main', 'claim_run_dir', 'accumulate',
-           'Task', 'make_tasks', 'Run', 'setup_run', 'backward_task', 'combine_and_clip', 'read_on_host',
+__all__ = ['PRECISIONS', 'SURGERY_SCHEDULES', 'TASKS', 'TrainConfig', 'IndexStream', 'RunData', 'prepare_data', 'FlatGradients',
+           'ShardedGradients', 'parameter_blocks', 'layer_statistics', 'layer_weights', 'save_checkpoint',
+           'load_trainer_state', 'prune_checkpoints', 'run_summary', 'check_resumable', 'start_model', 'RunStart',
+           'on_main', 'claim_run_dir', 'accumulate', 'Task', 'make_tasks', 'Run', 'setup_run', 'StepBatches',
+           'draw_batches', 'backward_task', 'combine', 'combine_and_clip', 'step_gradients', 'read_on_host',
            'read_statistics', 'NonFiniteError', 'refuse_non_finite', 'log_step', 'save_step_checkpoint', 'finish_run',
            'train', 'worker', 'launch_workers', 'run', 'main', 'plot_training']
 
 # %% ../nbs/03_train.ipynb #2b0870e2
 PRECISIONS = ("auto", "bf16", "fp32")
+SURGERY_SCHEDULES = ("step", "micro_batch")  # when the rule combines the two gradients
 
 
 @dataclass
@@ -75,6 +78,8 @@ class TrainConfig:
     forget_weight: float = 1.0  # γ: scales the forget gradient before the surgery
     retain_weight: float = 1.0  # α: scales the retain gradient before the surgery
     granularity: str = "global"  # projection rules: `global` (whole model) or `param` (each tensor)
+    rule_options: str = ""  # the rule's hyperparameters, `name=value,...` (see `rule_options`)
+    surgery_every: str = "step"  # `step` (accumulated gradients) or `micro_batch` (a 3rd buffer)
     beta: float = 0.1  # inverse temperature of idkDPO, NPO, SimNPO
     delta: float = 0.0  # SimNPO reward margin
     max_length: int = 256  # drop longer sequences
@@ -96,9 +101,13 @@ class TrainConfig:
         "Refuse every value that cannot work, naming the field, before any work starts."
         check_field_types(self)
         _, rule = parse_method(self.method)
-        get_rule(
-            rule or "sum", self.granularity
-        )  # an unknown granularity, or `param` for an element-wise rule
+        get_rule(rule or "sum", self.granularity)  # an unknown one, or `param` for rlw or sago
+        if rule is None and self.rule_options.strip():
+            raise ValueError(
+                f"rule_options is {self.rule_options!r} but {self.method} has no surgery rule; "
+                "leave rule_options empty"
+            )
+        self.hyperparameters  # unknown names, bad values
         for name in ("model", "data", "run_dir"):
             if not getattr(self, name).strip():
                 raise ValueError(f"{name} is empty; name a {name}")
@@ -121,13 +130,26 @@ class TrainConfig:
                 "give at least one task a positive weight"
             )
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("surgery_every", self.surgery_every, SURGERY_SCHEDULES)
         check_strategy(self.strategy, self.nproc)
         check_device(self.device, self.nproc, self.strategy)
 
     @property
+    def hyperparameters(self) -> dict:
+        "The rule's hyperparameters: `rule_options` read and checked, the defaults for the rest."
+        _, rule = parse_method(self.method)
+        return {} if rule is None else check_rule_options(rule, self._options())
+
+    def _options(self) -> dict:
+        _, rule = parse_method(self.method)
+        return {} if rule is None else parse_rule_options(rule, self.rule_options)
+
+    @property
     def path(self) -> Path:
-        "This run's directory."
-        return Path(self.run_dir) / run_name(self.method, self.seed)
+        "This run's directory: its non-default hyperparameters are part of the name."
+        _, rule = parse_method(self.method)
+        label = options_label(rule, self._options()) if rule else ""
+        return Path(self.run_dir) / run_name(self.method, self.seed, label)
 
     def base(self) -> "TrainConfig":
         "The config of the base fine-tune this unlearning run starts from."
@@ -240,6 +262,17 @@ class FlatGradients:
         "The block of each tensor that `tensors` returns."
         return self.param_blocks if per_parameter else self.span_blocks
 
+    def add_update(self):
+        "Add the update now in the forget buffer to the step's sum (a third buffer, made once)."
+        if "update" not in self.flat:
+            self.flat["update"] = torch.zeros_like(self.flat["forget"])
+        self.flat["update"].add_(self.flat["forget"])
+
+    def take_update(self):
+        "Move the step's summed update into the forget buffer, zeroing the sum."
+        self.flat["forget"].copy_(self.flat["update"])
+        self.flat["update"].zero_()
+
     def install(self, update: list[torch.Tensor], per_parameter: bool):
         "Make the update the parameters' gradient (written into the forget buffer)."
         for target, source in zip(self.tensors("forget", per_parameter), update):
@@ -278,6 +311,17 @@ class ShardedGradients:
     def row_blocks(self, per_parameter: bool) -> list[int]:
         return self.param_blocks
 
+    def add_update(self):
+        forget = [local_tensor(g) for g in self.saved["forget"]]
+        if "update" not in self.saved:
+            self.saved["update"] = [torch.zeros_like(g) for g in forget]
+        torch._foreach_add_(self.saved["update"], forget)
+
+    def take_update(self):
+        forget = [local_tensor(g) for g in self.saved["forget"]]
+        torch._foreach_copy_(forget, self.saved["update"])
+        torch._foreach_zero_(self.saved["update"])
+
     def install(self, update: list[torch.Tensor], per_parameter: bool):
         for p, grad, source in zip(self.params, self.saved["forget"], update):
             target = local_tensor(grad)
@@ -308,6 +352,20 @@ def layer_statistics(
     conflict = conflicting / elements.clamp_min(1) if elementwise else (dot < 0).to(sums.dtype)
     return cosine, conflict
 
+
+def layer_weights(
+    per_tensor: torch.Tensor,  # the surgery's `per_tensor` table
+    coefs: torch.Tensor,  # its `per_tensor_coef`: each row's weights (w1, w2)
+    row_blocks: torch.Tensor,  # the block index of each row
+    n_blocks: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per block: the rule's two weights averaged over the block's elements."
+    elements = per_tensor[:, 4:5]
+    sums = coefs.new_zeros(n_blocks, 3).index_add_(
+        0, row_blocks, torch.cat([coefs * elements, elements], 1)
+    )
+    return (sums[:, :2] / sums[:, 2:].clamp_min(1)).unbind(1)
+
 # %% ../nbs/03_train.ipynb #fffe3615
 def _state_dicts(model, optimizer) -> tuple[dict, dict | None]:
     """Full (unsharded) model state, and optimizer state unless `optimizer` is None, on the CPU of
@@ -333,8 +391,9 @@ def save_checkpoint(
     streams: dict,
     step: int,
     processes: Processes,
-    trainer_state: bool = True,
-):  # also write optimizer, scheduler and RNG state (what resuming needs)
+    trainer_state: bool = True,  # also write optimizer, scheduler, RNG state (to resume from)
+    rule_state: dict | None = None,  # a stateful surgery rule's state, saved with the trainer's
+):
     "Write a checkpoint to `target` atomically, checksums last (rank 0 writes; every rank gathers)."
     model_state, optimizer_state = _state_dicts(model, optimizer if trainer_state else None)
     if processes.is_main:
@@ -349,6 +408,9 @@ def save_checkpoint(
                 "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "rng": _rng_state(),
+                "rule_state": {
+                    k: v.cpu() if torch.is_tensor(v) else v for k, v in (rule_state or {}).items()
+                },
             }
             torch.save(trainer, tmp / TRAINER_FILE)
         streams_state = {name: stream.state_dict() for name, stream in streams.items()}
@@ -359,9 +421,11 @@ def save_checkpoint(
         dist.barrier()
 
 
-def load_trainer_state(checkpoint: Path, model, optimizer, scheduler, streams: dict) -> int:
-    """Restore optimizer, scheduler, RNG and data order from a (verified) checkpoint; return its
-    step."""
+def load_trainer_state(
+    checkpoint: Path, model, optimizer, scheduler, streams: dict, rule_state: dict | None = None
+) -> int:
+    """Restore optimizer, scheduler, RNG, data order and the rule's state (in place) from a
+    (verified) checkpoint; return its step."""
     trainer = torch.load(checkpoint / TRAINER_FILE, map_location="cpu", weights_only=True)
     options = StateDictOptions(full_state_dict=True)
     set_optimizer_state_dict(
@@ -371,10 +435,23 @@ def load_trainer_state(checkpoint: Path, model, optimizer, scheduler, streams: d
     torch.set_rng_state(trainer["rng"]["cpu"])
     if "cuda" in trainer["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state(trainer["rng"]["cuda"])
+    _restore_rule_state(rule_state or {}, trainer.get("rule_state", {}), checkpoint)
     state = read_json(checkpoint / STATE_FILE)
     for name, stream in streams.items():
         stream.load_state_dict(state["streams"][name])
     return state["step"]
+
+
+def _restore_rule_state(state: dict, saved: dict, checkpoint: Path):
+    "Fill the fresh `state` from `saved`, each tensor on the device it was made on."
+    if set(saved) != set(state):
+        raise ValueError(
+            f"{checkpoint} holds rule state {sorted(saved)} but the rule needs {sorted(state)}; "
+            "it was written by another rule or toxigs version: delete it to start over"
+        )
+    for key, fresh in state.items():
+        value = saved[key]
+        state[key] = value.to(fresh.device) if torch.is_tensor(fresh) else value
 
 
 def prune_checkpoints(run_path: Path, keep: int):
@@ -586,6 +663,7 @@ class Run:
     row_blocks: torch.Tensor  # the block of each row of the surgery's per-tensor table
     per_parameter: bool  # the surgery sees one tensor per parameter (else one span per block)
     rule: str | None  # the surgery rule (None: fine-tuning)
+    rule_state: dict  # a stateful rule's state (`init_rule_state`), saved in checkpoints
     start_step: int
 
     @property
@@ -611,6 +689,7 @@ def _write_run_start(
         "start_model": start.start_model,
         "world_size": processes.world_size,
         "layers": blocks,
+        "rule_hyperparameters": config.hyperparameters,
         "versions": library_versions(),
     }
     write_json_atomic(config.path / CONFIG_FILE, asdict(config) | resolved)
@@ -653,9 +732,18 @@ def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run
     grads = gradients(params, processes, param_blocks)
     per_parameter = config.granularity == "param" or config.strategy == "fsdp"
     row_blocks = torch.tensor(grads.row_blocks(per_parameter), device=processes.device)
+    rule_state = (
+        {}
+        if rule is None
+        else init_rule_state(
+            rule, config.granularity, len(row_blocks), processes.device, seed=config.seed
+        )
+    )
     step = 0
     if start.resume_from:
-        step = load_trainer_state(start.resume_from, model, optimizer, scheduler, streams)
+        step = load_trainer_state(
+            start.resume_from, model, optimizer, scheduler, streams, rule_state
+        )
     if processes.is_main:
         _write_run_start(config, processes, start, blocks, step)
     return Run(
@@ -674,6 +762,7 @@ def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run
         row_blocks,
         per_parameter,
         rule,
+        rule_state,
         step,
     )
 
@@ -695,53 +784,85 @@ def _input_tokens(examples: list[dict]) -> int:
     return sum(len(side["input_ids"]) for e in examples for side in sides(e))
 
 
-def backward_task(run: Run, name: str, task: Task) -> tuple[torch.Tensor, int]:
-    """Backward one task over the step's micro-batches into its own gradient buffer: its loss, its
-    input tokens."""
+@dataclass
+class StepBatches:
+    "One task's examples of a step: this process's micro-batches, what their losses average over."
+
+    local: list[list[dict]]  # this process's examples of each micro-batch
+    counts: list[int]  # what each local micro-batch's loss averages over
+    step_count: int  # the same over the whole step and all processes
+    tokens: int  # input tokens of the step, all processes
+
+
+def draw_batches(run: Run, task: Task) -> StepBatches:
+    "The step's micro-batches of one task, drawn from its stream."
     examples = getattr(run.data, task.examples)
     micro_batches = _global_micro_batches(run.streams[task.examples], run.config, run.processes)
     global_batches = [[examples[i] for i in indices] for indices in micro_batches]
     local_batches = [_local(batch, run.processes) for batch in global_batches]
-    counts = [task.count(batch) for batch in local_batches]
-    step_count = sum(task.count(batch) for batch in global_batches)
+    return StepBatches(
+        local_batches,
+        [task.count(batch) for batch in local_batches],
+        sum(task.count(batch) for batch in global_batches),
+        sum(_input_tokens(batch) for batch in global_batches),
+    )
+
+
+def backward_task(
+    run: Run, name: str, task: Task, batches: StepBatches, which: slice = slice(None)
+) -> torch.Tensor:
+    """Backward one task over the step's micro-batches (or the `which` of them) into its own
+    gradient buffer; their share of the step's loss."""
     run.grads.start(name)
     loss = accumulate(
         task.loss,
-        local_batches,
-        counts,
-        step_count,
+        batches.local[which],
+        batches.counts[which],
+        batches.step_count,
         task.collate,
         run.model,
         run.config,
         run.processes,
     )
     run.grads.finish(name)
-    return loss, sum(_input_tokens(batch) for batch in global_batches)
+    return loss
 
 
-def combine_and_clip(run: Run) -> dict[str, torch.Tensor]:
-    """Combine the task gradients with the rule (unlearning), install and clip the update; its
-    statistics, on device."""
+def combine(run: Run) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    "The rule's update of the task gradients (in the forget buffer) and its statistics, on device."
+    config = run.config
+    group = dist.group.WORLD if config.strategy == "fsdp" else None
+    update, statistics = combine_gradients(
+        run.grads.tensors("forget", run.per_parameter),
+        run.grads.tensors("retain", run.per_parameter),
+        run.rule,
+        forget_weight=config.forget_weight,
+        retain_weight=config.retain_weight,
+        granularity=config.granularity,
+        group=group,
+        check_finite=False,
+        per_tensor=True,
+        options=config.hyperparameters,
+        state=run.rule_state,
+    )  # checked with the losses, in the step's one host read
+    per_tensor, coefs = statistics.pop("per_tensor"), statistics.pop("per_tensor_coef")
+    cosine, conflict = layer_statistics(
+        per_tensor, run.row_blocks, len(run.blocks), is_elementwise(run.rule)
+    )
+    statistics |= {"layer_cosine": cosine, "layer_conflict": conflict}
+    if config.granularity == "param" or is_elementwise(run.rule):  # weights differ by unit
+        forget_coef, retain_coef = layer_weights(per_tensor, coefs, run.row_blocks, len(run.blocks))
+        statistics |= {"layer_forget_coef": forget_coef, "layer_retain_coef": retain_coef}
+    return update, statistics
+
+
+def combine_and_clip(run: Run, update: list[torch.Tensor] | None = None) -> dict:
+    """Combine the task gradients with the rule (unlearning; or take the given `update`), install
+    and clip the update; the statistics, on device."""
     statistics = {}
-    if run.rule is not None:
-        config = run.config
-        group = dist.group.WORLD if config.strategy == "fsdp" else None
-        update, statistics = combine_gradients(
-            run.grads.tensors("forget", run.per_parameter),
-            run.grads.tensors("retain", run.per_parameter),
-            run.rule,
-            forget_weight=config.forget_weight,
-            retain_weight=config.retain_weight,
-            granularity=config.granularity,
-            group=group,
-            check_finite=False,
-            per_tensor=True,
-        )  # checked with the losses, in the step's one host read
-        per_tensor = statistics.pop("per_tensor")
-        cosine, conflict = layer_statistics(
-            per_tensor, run.row_blocks, len(run.blocks), is_elementwise(run.rule)
-        )
-        statistics |= {"layer_cosine": cosine, "layer_conflict": conflict}
+    if run.rule is not None and update is None:
+        update, statistics = combine(run)
+    if update is not None:
         run.grads.install(update, run.per_parameter)
     limit = run.config.max_grad_norm if run.config.max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, limit)
@@ -749,6 +870,32 @@ def combine_and_clip(run: Run) -> dict[str, torch.Tensor]:
         grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     )
     return {"grad_norm": grad_norm} | statistics
+
+
+def step_gradients(run: Run) -> tuple[dict[str, torch.Tensor], int, dict[str, torch.Tensor]]:
+    """Backward both tasks and install the clipped update: the rule combines the accumulated
+    gradients (`surgery_every='step'`) or each micro-batch's, summing the updates in a third buffer
+    (`'micro_batch'`); the losses, the input tokens and the statistics (micro-batch means)."""
+    drawn = {name: draw_batches(run, task) for name, task in run.tasks.items()}
+    tokens = sum(batches.tokens for batches in drawn.values())
+    if run.rule is None or run.config.surgery_every == "step":
+        losses = {
+            name: backward_task(run, name, task, drawn[name]) for name, task in run.tasks.items()
+        }
+        return losses, tokens, combine_and_clip(run)
+    losses, sums = dict.fromkeys(run.tasks, 0.0), {}
+    for k in range(run.config.grad_accum):
+        for name, task in run.tasks.items():
+            losses[name] = losses[name] + backward_task(
+                run, name, task, drawn[name], slice(k, k + 1)
+            )
+        _, statistics = combine(run)  # u_k, written into the forget buffer
+        run.grads.add_update()
+        sums = {key: sums.get(key, 0.0) + value for key, value in statistics.items()}
+    run.grads.take_update()
+    update = run.grads.tensors("forget", run.per_parameter)
+    means = {key: value / run.config.grad_accum for key, value in sums.items()}
+    return losses, tokens, combine_and_clip(run, update) | means
 
 
 def read_on_host(tensors: dict[str, torch.Tensor]) -> dict[str, float | list[float]]:
@@ -824,6 +971,7 @@ def save_step_checkpoint(run: Run, step: int) -> Path:
         run.streams,
         step,
         run.processes,
+        rule_state=run.rule_state,
     )
     if run.processes.is_main:
         prune_checkpoints(run.path, run.config.keep_checkpoints)
@@ -876,11 +1024,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         )
         for step in bar:
             started = time.perf_counter()
-            losses, tokens = {}, 0
-            for name, task in run.tasks.items():
-                losses[name], task_tokens = backward_task(run, name, task)
-                tokens += task_tokens
-            statistics = combine_and_clip(run)
+            losses, tokens, statistics = step_gradients(run)
             record = read_statistics(run, losses, statistics)  # the step's one host sync
             refuse_non_finite(record, run, step + 1, last_good)
             lr = run.scheduler.get_last_lr()[0]
