@@ -26,8 +26,8 @@ def weights(run_path: Path) -> dict:
 
 
 # pcgrad keeps no state between steps; gradvac keeps its target cosine (a tensor on the device) and
-# rlw its generator (on the host): both must come back from the checkpoint for the weights to match
-@pytest.mark.parametrize("method", ["graddiff_pcgrad", "graddiff_gradvac", "graddiff_rlw"])
+# rlw its generator (on the host), gru its gradient-sized memory: each must come back from the checkpoint for the weights to match
+@pytest.mark.parametrize("method", ["graddiff_pcgrad", "graddiff_gradvac", "graddiff_rlw", "graddiff_gru"])
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, method):
     settings = dict(method=method, steps=150, base_steps=20, save_every=5, batch_size=4)
     straight = TrainConfig(run_dir=str(tmp_path / "straight"), **settings)

@@ -280,3 +280,49 @@ def _sweep_projection(
     for i, f, r, o, inplace in pieces:
         _axpby_(o, f, cf[i], r, cr[i], inplace)
     return forget_w, retain_w
+
+# %% ../nbs/02b_fused.ipynb #a1ea770d
+def _sweep_memory(
+    pieces: list,  # from `_pieces`
+    memory: list,  # the memory's pieces, of the same sizes (from `_pieces` of the memory)
+    beta: float,  # the EMA's rate: m ← β·m + (1 − β)·α·r
+    retain_weight: float,  # α: the memory follows g2 = α·r
+    device: torch.device,
+) -> tuple[list, list]:  # per piece: the three sums, and ⟨f, m⟩, ‖m‖²
+    "The first sweep of a memory rule: the memory updated, then five partial sums per piece."
+    scratch = (
+        torch.empty(max(p[1].numel() for p in pieces), device=device)
+        if device.type == "cpu"
+        else None
+    )
+    partials, extra = [], []
+    for (_, f, r, _, _), m in zip(pieces, memory):
+        m.mul_(beta).add_(r.to(m.dtype), alpha=(1 - beta) * retain_weight)
+        partials.extend(_dots(f, r, scratch))
+        fa = f if f.dtype == m.dtype else f.to(m.dtype)
+        extra.extend((_inner(fa, m, scratch), _inner(m, m, scratch)))
+    return partials, extra
+
+
+def _memory_table(
+    pieces: list, extra: list, numels: list[int], device: torch.device
+) -> torch.Tensor:  # (tensors × 2) float64: ⟨f, m⟩, ‖m‖²
+    "Per-tensor sums of the memory's two partial sums."
+    members, _ = _layout(device, tuple(p[0] for p in pieces), tuple(numels))
+    return members @ torch.stack(extra).view(-1, 2).to(torch.float64)
+
+
+def _sweep_memory_update(
+    pieces: list,  # from `_pieces`
+    memory: list,  # the memory's pieces
+    forget_weight: float,  # γ
+    retain_weight: float,  # α
+    memory_coef: list,  # the memory's coefficient per tensor: 0-dim tensors
+):
+    "The second sweep of a memory rule: u = γ·f + α·r + c_m·m, piece by piece."
+    for (i, f, r, o, inplace), m in zip(pieces, memory):
+        _axpby_(o, f, forget_weight, r, retain_weight, inplace)
+        if o.dtype in _HALF:
+            o.copy_(o.float() + m.float() * memory_coef[i])
+        else:
+            o.addcmul_(m.to(o.dtype), memory_coef[i].to(o.dtype))

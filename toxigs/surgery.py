@@ -21,13 +21,14 @@ from .checks import check_choice, check_number
 
 from .fused import CHUNK_ELEMENTS, DEFAULT_CHUNK, _check_grads, _pieces, _table
 from .fused import _sweep_dots, _sweep_projection, _sweep_sign
+from .fused import _acc_dtype, _memory_table, _sweep_memory, _sweep_memory_update
 
 _all_ = ["CHUNK_ELEMENTS", "DEFAULT_CHUNK"]  # chunk_size's defaults, importable from here too
 
 # %% auto #0
-__all__ = ['RULES', 'GRANULARITIES', 'FIXED_LENGTH', 'RULE_STATES', 'LENGTH_RULES', 'PER_TENSOR_COLUMNS', 'pcgrad',
-           'pcgrad_retain', 'mgda', 'dualproj', 'upgrad', 'eupmu', 'imtlg', 'configrad', 'cagrad', 'nash_mtl',
-           'aligned_mtl', 'gradvac', 'rlw', 'rescaled_sum', 'SignRule', 'get_rule', 'rule_granularities',
+__all__ = ['RULES', 'GRANULARITIES', 'FIXED_LENGTH', 'RULE_STATES', 'MEMORY_RULES', 'LENGTH_RULES', 'PER_TENSOR_COLUMNS',
+           'pcgrad', 'pcgrad_retain', 'mgda', 'dualproj', 'upgrad', 'eupmu', 'imtlg', 'configrad', 'cagrad', 'nash_mtl',
+           'aligned_mtl', 'gradvac', 'rlw', 'gru', 'rescaled_sum', 'SignRule', 'get_rule', 'rule_granularities',
            'is_elementwise', 'rule_options', 'check_rule_options', 'parse_rule_options', 'options_label',
            'init_rule_state', 'combine_gradients', 'plot_rules', 'reference_combine', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
 
@@ -246,6 +247,18 @@ def rlw(
     w1 = 1 / (1 + math.exp(z2 - z1))  # softmax of two
     return w1, 1 - w1
 
+# %% ../nbs/02_surgery.ipynb #8cc76780
+def gru(
+    forget_memory_dot: torch.Tensor,  # ⟨g1, m⟩ per unit, m the memory after this step's update
+    memory_sq: torch.Tensor,  # ‖m‖² per unit
+    *,
+    gamma: float = 0.8,  # the newest retain gradient's share of the memory (applied in its sweep)
+) -> torch.Tensor:
+    """GRU (Wang et al. 2025, arXiv 2503.09117, Eq. 6 and Algorithm 1): u = g1 + c_m·m, the forget
+    gradient projected off the memory m (an EMA of g2) where they conflict; returns
+    c_m = −min(⟨g1, m⟩, 0)/‖m‖² (0 where m = 0). g2 itself is not in the update."""
+    return -forget_memory_dot.clamp(max=0) / _safe(memory_sq)
+
 # %% ../nbs/02_surgery.ipynb #ef25b330
 def rescaled_sum(
     dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
@@ -296,6 +309,7 @@ RULES: dict[str, Callable | SignRule] = {
     "aligned_mtl": aligned_mtl,
     "gradvac": gradvac,
     "rlw": rlw,
+    "gru": gru,
     "rescaled_sum": rescaled_sum,
 }
 GRANULARITIES = ("global", "param")
@@ -306,7 +320,9 @@ RULE_STATES = {
         "target": torch.zeros(shape, dtype=torch.float64, device=device)
     },
     "rlw": lambda shape, device, seed: {"random": random.Random(seed).getstate()},
+    "gru": lambda shape, device, seed: {"memory": []},  # filled on first use, like the gradients
 }
+MEMORY_RULES = ("gru",)  # rules with a gradient-sized memory, and sweeps of their own
 # the rules whose update length `rescaled_sum` can take: the three sums, no state
 LENGTH_RULES = tuple(
     k
@@ -368,6 +384,7 @@ _OPTION_LIMITS = {  # the allowed range of each numeric hyperparameter, by name
     "beta": dict(low=0, high=1),
     "max_norm": dict(low=0, hint="0 turns clipping off"),
     "margin": dict(low=0),
+    "gamma": dict(low=0, high=1),
 }
 
 
@@ -524,28 +541,35 @@ def combine_gradients(
         fresh = init_rule_state(rule, granularity, len(forget_grads), device)
         state = fresh if state is None else state
         _check_state(rule, state, fresh)
-        options = options | {"state": state}
+        options = options if rule in MEMORY_RULES else options | {"state": state}
     pieces = _pieces(forget_grads, retain_grads, out, chunk)
+    memory = _memory_pieces(state, forget_grads, chunk) if rule in MEMORY_RULES else None
+    weights = (forget_weight, retain_weight)
     numels = [g.numel() for g in forget_grads]
-    if isinstance(unit, SignRule):
-        partials, counts = _sweep_sign(
-            unit.conflict, unit.agree, pieces, forget_weight, retain_weight
-        )
-    else:
-        partials, counts = _sweep_dots(pieces, device), []
-    table = _table(pieces, partials, counts, numels, device)
-    if group is not None:
-        dist.all_reduce(table, group=group)
-    table[:, 0].mul_(forget_weight * retain_weight)
-    table[:, 1].mul_(forget_weight * forget_weight)
-    table[:, 2].mul_(retain_weight * retain_weight)
+    table, memory_table = _first_sweep(
+        unit, options, pieces, memory, weights, numels, group, device
+    )
     if check_finite:
         _check_finite(table, forget_grads)
     forget_w = retain_w = None
-    if not isinstance(unit, SignRule):
-        coef_dtype = (
-            torch.float64 if any(g.dtype == torch.float64 for g in forget_grads) else torch.float32
+    extra = {}
+    coef_dtype = (
+        torch.float64 if any(g.dtype == torch.float64 for g in forget_grads) else torch.float32
+    )
+    if memory is not None:
+        forget_w, retain_w = 1.0, 0.0
+        extra = _sweep_gru(
+            unit,
+            options,
+            pieces,
+            memory,
+            memory_table,
+            granularity,
+            table,
+            forget_weight,
+            coef_dtype,
         )
+    elif not isinstance(unit, SignRule):
         forget_w, retain_w = _sweep_projection(
             functools.partial(unit, **options),
             pieces,
@@ -555,11 +579,73 @@ def combine_gradients(
             retain_weight,
             coef_dtype,
         )
-    stats = _stats(unit, table, granularity, forget_w, retain_w)
+    stats = _stats(unit, table, granularity, forget_w, retain_w) | extra
     if not per_tensor:
         return out, stats
     coefs = _row_weights(unit, table, granularity, forget_w, retain_w)
     return out, stats | {"per_tensor": table, "per_tensor_coef": coefs}
+
+
+def _first_sweep(
+    unit,
+    options: dict,
+    pieces: list,
+    memory: list | None,
+    weights: tuple,
+    numels: list,
+    group,
+    device,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The per-tensor table of the first sweep (a sign rule's also writes u), weighted and
+    all-reduced once; for a memory rule also the memory's table (⟨g1, m⟩, ‖m‖²)."""
+    forget_weight, retain_weight = weights
+    counts, extra = [], None
+    if isinstance(unit, SignRule):
+        partials, counts = _sweep_sign(unit.conflict, unit.agree, pieces, *weights)
+    elif memory is not None:
+        beta = 1 - options["gamma"]
+        partials, extra = _sweep_memory(pieces, memory, beta, retain_weight, device)
+    else:
+        partials = _sweep_dots(pieces, device)
+    table = _table(pieces, partials, counts, numels, device)
+    if extra is not None:
+        table = torch.cat([table, _memory_table(pieces, extra, numels, device)], 1)
+    if group is not None:
+        dist.all_reduce(table, group=group)
+    table[:, 0].mul_(forget_weight * retain_weight)
+    table[:, 1].mul_(forget_weight * forget_weight)
+    table[:, 2].mul_(retain_weight * retain_weight)
+    if extra is None:
+        return table, None
+    table[:, 5].mul_(forget_weight)  # ⟨g1, m⟩ = γ·⟨f, m⟩; m already follows g2
+    return table[:, :5].contiguous(), table[:, 5:].contiguous()
+
+
+def _memory_pieces(state: dict, forget_grads: list, chunk: int) -> list[torch.Tensor]:
+    "The memory's pieces, cut like the gradients' (a zero memory of their shapes on first use)."
+    memory = state["memory"]
+    if not memory:
+        memory.extend(torch.zeros_like(g, dtype=_acc_dtype(g)) for g in forget_grads)
+    if [m.shape for m in memory] != [g.shape for g in forget_grads]:
+        raise ValueError(
+            "the memory of rule 'gru' was made for other gradients (shapes differ); pass the "
+            "gradients of the same parameters every step, or a fresh init_rule_state('gru')"
+        )
+    return [piece for _, piece, _, _, _ in _pieces(memory, memory, memory, chunk)]
+
+
+def _sweep_gru(
+    unit, options, pieces, memory, memory_table, granularity, table, forget_weight, coef_dtype
+) -> dict[str, torch.Tensor]:
+    "The memory rule's second sweep, u = γ·f + c_m·m; its statistic `memory_coef`, on device."
+    sums = memory_table.T if granularity == "param" else memory_table.sum(0)
+    coef = unit(sums[0], sums[1], **options)
+    rows = len(memory_table)
+    per_tensor = list(coef.to(coef_dtype).unbind()) if granularity == "param" else [coef] * rows
+    _sweep_memory_update(pieces, memory, forget_weight, 0.0, [c.to(coef_dtype) for c in per_tensor])
+    if granularity == "param":
+        coef = (coef * table[:, 4] / table[:, 4].sum().clamp_min(1)).sum()
+    return {"memory_coef": coef}
 
 # %% ../nbs/02_surgery.ipynb #388cad06
 PER_TENSOR_COLUMNS = ("dot", "forget_sq", "retain_sq", "conflicting_elements", "elements")
@@ -752,6 +838,8 @@ def reference_combine(
             dtype,
         )
         return _reference_rescaled(g1, g2, inner, granularity)
+    if rule == "gru":  # g1 projected off the memory, a float64 EMA of the materialised g2
+        return _reference_gru(g1, g2, granularity, options, state or init_rule_state(rule))
     if rule in ("cagrad", "nash_mtl", "aligned_mtl", "gradvac", "rlw"):
         if state is None:
             state = init_rule_state(rule, granularity, len(g1))
@@ -856,6 +944,21 @@ def _reference_rescaled(g1: list, g2: list, inner: list, granularity: str) -> li
         )
         for i in unit:
             out[i] = scale * (g1[i] + g2[i])
+    return out
+
+
+def _reference_gru(g1: list, g2: list, granularity: str, options: dict, state: dict) -> list:
+    "m ← γ·g2 + (1 − γ)·m per tensor, then g1 − (⟨g1, m⟩/‖m‖²)·m per unit where ⟨g1, m⟩ < 0."
+    gamma = options["gamma"]
+    old = state["memory"] or [torch.zeros_like(y) for y in g2]
+    memory = [gamma * y + (1 - gamma) * m.to(y.dtype) for y, m in zip(g2, old)]
+    state["memory"] = memory
+    out = [None] * len(g1)
+    for unit in _units(len(g1), granularity):
+        d = sum(float((g1[i] * memory[i]).sum()) for i in unit)
+        n = sum(float((memory[i] ** 2).sum()) for i in unit)
+        for i in unit:
+            out[i] = g1[i] - d / n * memory[i] if d < 0 else g1[i].clone()
     return out
 
 # %% ../nbs/02_surgery.ipynb #211aa0a4

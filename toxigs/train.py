@@ -44,7 +44,7 @@ from .runs import library_versions, parse_method, read_json, read_metrics, repla
 from .runs import resume_checkpoint, run_name, step_checkpoint, sync_file, verify_checkpoint
 from .runs import write_checksums, write_json_atomic, write_jsonl_atomic
 from .surgery import check_rule_options, combine_gradients, get_rule, init_rule_state
-from .surgery import is_elementwise, options_label, parse_rule_options
+from .surgery import MEMORY_RULES, is_elementwise, options_label, parse_rule_options
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'SURGERY_SCHEDULES', 'TASKS', 'TrainConfig', 'IndexStream', 'RunData', 'prepare_data', 'FlatGradients',
@@ -132,6 +132,11 @@ class TrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("surgery_every", self.surgery_every, SURGERY_SCHEDULES)
         check_strategy(self.strategy, self.nproc)
+        if rule in MEMORY_RULES and self.strategy == "fsdp":
+            raise ValueError(
+                f"rule {rule!r} keeps a gradient-sized memory, which toxigs does not yet gather "
+                "into checkpoints under FSDP; use strategy='ddp' (or 'none')"
+            )
         check_device(self.device, self.nproc, self.strategy)
 
     @property
@@ -408,9 +413,7 @@ def save_checkpoint(
                 "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "rng": _rng_state(),
-                "rule_state": {
-                    k: v.cpu() if torch.is_tensor(v) else v for k, v in (rule_state or {}).items()
-                },
+                "rule_state": {k: _moved(v, "cpu") for k, v in (rule_state or {}).items()},
             }
             torch.save(trainer, tmp / TRAINER_FILE)
         streams_state = {name: stream.state_dict() for name, stream in streams.items()}
@@ -422,7 +425,13 @@ def save_checkpoint(
 
 
 def load_trainer_state(
-    checkpoint: Path, model, optimizer, scheduler, streams: dict, rule_state: dict | None = None
+    checkpoint: Path,
+    model,
+    optimizer,
+    scheduler,
+    streams: dict,
+    rule_state: dict | None = None,  # the rule's fresh state, filled in place
+    device: torch.device | str = "cpu",  # where the rule's tensor state lives
 ) -> int:
     """Restore optimizer, scheduler, RNG, data order and the rule's state (in place) from a
     (verified) checkpoint; return its step."""
@@ -435,23 +444,29 @@ def load_trainer_state(
     torch.set_rng_state(trainer["rng"]["cpu"])
     if "cuda" in trainer["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state(trainer["rng"]["cuda"])
-    _restore_rule_state(rule_state or {}, trainer.get("rule_state", {}), checkpoint)
+    _restore_rule_state(rule_state or {}, trainer.get("rule_state", {}), checkpoint, device)
     state = read_json(checkpoint / STATE_FILE)
     for name, stream in streams.items():
         stream.load_state_dict(state["streams"][name])
     return state["step"]
 
 
-def _restore_rule_state(state: dict, saved: dict, checkpoint: Path):
-    "Fill the fresh `state` from `saved`, each tensor on the device it was made on."
+def _moved(value, device):
+    "A state value with its tensors (alone or in a list) on `device`."
+    if torch.is_tensor(value):
+        return value.to(device)
+    return [t.to(device) for t in value] if isinstance(value, list) else value
+
+
+def _restore_rule_state(state: dict, saved: dict, checkpoint: Path, device):
+    "Fill the fresh `state` from `saved`, its tensors on `device`."
     if set(saved) != set(state):
         raise ValueError(
             f"{checkpoint} holds rule state {sorted(saved)} but the rule needs {sorted(state)}; "
             "it was written by another rule or toxigs version: delete it to start over"
         )
-    for key, fresh in state.items():
-        value = saved[key]
-        state[key] = value.to(fresh.device) if torch.is_tensor(fresh) else value
+    for key in state:
+        state[key] = _moved(saved[key], device)
 
 
 def prune_checkpoints(run_path: Path, keep: int):
@@ -742,7 +757,7 @@ def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run
     step = 0
     if start.resume_from:
         step = load_trainer_state(
-            start.resume_from, model, optimizer, scheduler, streams, rule_state
+            start.resume_from, model, optimizer, scheduler, streams, rule_state, processes.device
         )
     if processes.is_main:
         _write_run_start(config, processes, start, blocks, step)
