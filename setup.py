@@ -40,7 +40,11 @@ setuptools.setup(
     include_package_data=True,
     package_data={"toxigs": ["assets/**/*"]},
     install_requires=split_requirements("requirements"),
-    extras_require={"dev": split_requirements("dev_requirements"), "gemma": split_requirements("gemma_requirements")},
+    extras_require={
+        "dev": split_requirements("dev_requirements"),
+        "gemma": split_requirements("gemma_requirements"),
+        "attacks": split_requirements("attacks_requirements"),
+    },
     entry_points={
         "console_scripts": split_requirements("console_scripts"),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
