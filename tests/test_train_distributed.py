@@ -33,8 +33,9 @@ def run_from_base(base_dir, run_dir, **overrides) -> dict:
     return final_weights(config.path), read_metrics(config.path), json.loads((config.path / "config.json").read_text())["layers"]
 
 
-# a projection rule, an element-wise one, a Gramian rule of the literature and a stateful one
-@pytest.mark.parametrize("method", ["idkdpo_pcgrad", "graddiff_sago", "graddiff_cagrad", "idkdpo_gradvac"])
+# a projection rule, an element-wise one, a Gramian rule of the literature, a stateful one, and one whose
+# state is gradient-sized (sharded with the gradients under FSDP)
+@pytest.mark.parametrize("method", ["idkdpo_pcgrad", "graddiff_sago", "graddiff_cagrad", "idkdpo_gradvac", "graddiff_gru"])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(base_dir, tmp_path, method, strategy):
     one, one_metrics, one_layers = run_from_base(base_dir, tmp_path / "one", method=method, batch_size=4)

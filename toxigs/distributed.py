@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.fsdp import fully_shard
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'Processes', 'check_strategy', 'check_device', 'pick_device', 'init_processes', 'shard_model',
-           'local_tensor', 'launch']
+           'local_tensor', 'whole_tensors', 'local_shards', 'launch']
 
 # %% ../nbs/04_distributed.ipynb #9ca51daa
 STRATEGIES = ("none", "ddp", "fsdp")
@@ -133,6 +134,36 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     "The shard this process holds of a (possibly distributed) tensor."
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def whole_tensors(
+    shards: list[torch.Tensor],  # this process's shard of each tensor
+    like: list[torch.Tensor],  # tensors sharded the same way (e.g. the FSDP parameters)
+) -> list[torch.Tensor]:
+    "Each shard gathered whole (a collective: every process calls it); plain tensors pass through."
+    return [
+        DTensor.from_local(
+            shard, ref.device_mesh, ref.placements, shape=ref.shape, stride=ref.stride()
+        ).full_tensor()
+        if isinstance(ref, DTensor)
+        else shard
+        for shard, ref in zip(shards, like)
+    ]
+
+
+def local_shards(
+    tensors: list[torch.Tensor],  # whole tensors, the same on every process
+    like: list[torch.Tensor],  # tensors sharded the way the result should be
+) -> list[torch.Tensor]:
+    "Each whole tensor cut to this process's shard, as its match in `like` is (a collective)."
+    return [
+        distribute_tensor(
+            t.to(local_tensor(ref).device), ref.device_mesh, ref.placements
+        ).to_local()
+        if isinstance(ref, DTensor)
+        else t
+        for t, ref in zip(tensors, like)
+    ]
 
 # %% ../nbs/04_distributed.ipynb #b29e02df
 def launch(

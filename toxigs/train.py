@@ -34,7 +34,7 @@ from .checks import check_choice, check_field_types, check_number, run_command
 from .data import collate, collate_pairs, load_records, make_preference_pairs, split_records
 from .data import tokenize_pairs, tokenize_records
 from .distributed import Processes, check_device, check_strategy, init_processes, launch
-from .distributed import local_tensor, shard_model
+from .distributed import local_shards, local_tensor, shard_model, whole_tensors
 from .models import load_model, load_tokenizer, module_group
 from .parameters import add_parameter_flags
 from .objectives import Objective, completion_token_count, ntp_loss
@@ -44,7 +44,7 @@ from .runs import library_versions, parse_method, read_json, read_metrics, repla
 from .runs import resume_checkpoint, run_name, step_checkpoint, sync_file, verify_checkpoint
 from .runs import write_checksums, write_json_atomic, write_jsonl_atomic
 from .surgery import check_rule_options, combine_gradients, get_rule, init_rule_state
-from .surgery import MEMORY_RULES, is_elementwise, options_label, parse_rule_options
+from .surgery import is_elementwise, options_label, parse_rule_options
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'SURGERY_SCHEDULES', 'TASKS', 'TrainConfig', 'IndexStream', 'RunData', 'prepare_data', 'FlatGradients',
@@ -132,11 +132,6 @@ class TrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("surgery_every", self.surgery_every, SURGERY_SCHEDULES)
         check_strategy(self.strategy, self.nproc)
-        if rule in MEMORY_RULES and self.strategy == "fsdp":
-            raise ValueError(
-                f"rule {rule!r} keeps a gradient-sized memory, which toxigs does not yet gather "
-                "into checkpoints under FSDP; use strategy='ddp' (or 'none')"
-            )
         check_device(self.device, self.nproc, self.strategy)
 
     @property
@@ -759,6 +754,8 @@ def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run
         step = load_trainer_state(
             start.resume_from, model, optimizer, scheduler, streams, rule_state, processes.device
         )
+        if rule_state.get("memory") and config.strategy == "fsdp":  # saved whole: this shard
+            rule_state["memory"] = local_shards(rule_state["memory"], params)
     if processes.is_main:
         _write_run_start(config, processes, start, blocks, step)
     return Run(
@@ -972,6 +969,14 @@ def log_step(run: Run, bar, step: int, lr: float, record: dict, tokens: int, ela
     bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k.endswith("loss")})
 
 
+def _rule_state_to_save(run: Run) -> dict:
+    "The rule's state as a checkpoint holds it: a memory gathered whole under FSDP (collective)."
+    state = dict(run.rule_state)
+    if state.get("memory") and run.config.strategy == "fsdp":
+        state["memory"] = whole_tensors(state["memory"], run.params)
+    return state
+
+
 def save_step_checkpoint(run: Run, step: int) -> Path:
     "Checkpoint after `step` (the metrics up to it made durable first) and prune older checkpoints."
     target = step_checkpoint(run.path, step)
@@ -986,7 +991,7 @@ def save_step_checkpoint(run: Run, step: int) -> Path:
         run.streams,
         step,
         run.processes,
-        rule_state=run.rule_state,
+        rule_state=_rule_state_to_save(run),
     )
     if run.processes.is_main:
         prune_checkpoints(run.path, run.config.keep_checkpoints)
