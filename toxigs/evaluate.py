@@ -122,7 +122,7 @@ def _decode_continuation(tokenizer, token_ids: list[int]) -> str:
     return tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: a quantized model (toxigs.attacks) runs autograd code
 def generate_continuations(
     model: torch.nn.Module,  # a causal LM (its device is used)
     tokenizer,  # its tokenizer
@@ -643,7 +643,7 @@ def rolling_windows(
     return windows
 
 # %% ../nbs/05_evaluate.ipynb #f4f0a628
-@torch.inference_mode()
+@torch.no_grad()
 def word_perplexity(
     model: torch.nn.Module,  # a causal LM (its device is used)
     tokenizer,  # its tokenizer
@@ -748,7 +748,7 @@ def membership_auc(
     return attack_auc(-np.asarray(member_nll, float), -np.asarray(nonmember_nll, float))
 
 # %% ../nbs/05_evaluate.ipynb #b79c2bcd
-@torch.inference_mode()
+@torch.no_grad()
 def membership_scores(
     model: torch.nn.Module,  # a causal LM (its device is used)
     tokenizer,  # its tokenizer
