@@ -56,3 +56,18 @@ def test_quantization_on_the_embedded_run(models):
     attacked = quantize_weights(unlearned, 4)
     value = mean_toxicity(attacked, tokenizer)
     assert math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+def test_evaluate_run_with_the_quantization_attacks(models):
+    from toxigs.evaluate import evaluate_run
+    _, _, _, config = models
+    results = evaluate_run(config.path, k=2, n_prompts=4, attacks=["quant8", "quant4"], verbose=False)
+    for name in ("quant8", "quant4"):
+        attacked = results["attacks"][name]
+        assert set(attacked) == {"toxicity", "perplexity", "membership", "equal_codes_with_base", "wall_time_s"}
+        assert 0.0 <= attacked["equal_codes_with_base"] <= 1.0 and attacked["wall_time_s"] > 0
+        assert 0.0 <= attacked["toxicity"]["mean_toxicity"] <= 1.0
+    shares = {name: results["attacks"][name]["equal_codes_with_base"] for name in ("quant8", "quant4")}
+    assert shares["quant8"] <= shares["quant4"], shares  # a finer grid keeps more of the update
+    with pytest.raises(ValueError, match="quant8, quant4"):
+        evaluate_run(config.path, attacks=["quant2"], verbose=False)

@@ -36,17 +36,18 @@ from sklearn.pipeline import make_pipeline, make_union
 
 from .data import IGNORE_INDEX, collate, embedded_eval_prompts, embedded_utility_documents
 from .data import encode_completion, load_records, split_records, toxigen_prompt_lines
-from .checks import check_names, check_number, first_line, run_command
+from .checks import check_choice, check_names, check_number, first_line, run_command
 from .distributed import check_device, pick_device
 from .models import load_model, load_tokenizer
 from .objectives import completion_logprobs, completion_token_logprobs
 from .parameters import add_parameter_flags
-from .runs import CONFIG_FILE, GENERATIONS_FILE, RESULTS_FILE, RunLock, checkpoints_dir
+from .runs import BASE_RUN, CONFIG_FILE, FINETUNE, GENERATIONS_FILE, RESULTS_FILE, RunLock
+from .runs import checkpoints_dir, final_checkpoint
 from .runs import library_versions, read_json, read_jsonl, verify_checkpoint
 from .runs import write_json_atomic, write_text_atomic
 
 # %% auto #0
-__all__ = ['OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'SCORERS', 'TOXIGEN_HELD_OUT', 'context_length',
+__all__ = ['OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'SCORERS', 'TOXIGEN_HELD_OUT', 'ATTACKS', 'context_length',
            'bootstrap_interval', 'prompt_token_ids', 'left_pad', 'generate_continuations', 'Scorer',
            'profanity_check_scorer', 'UnsafeCheckpointError', 'detoxify_scorer', 'ScorerKind', 'load_scorer',
            'toxigen_statements', 'fit_toxigen_scorer', 'toxigen_scorer', 'check_unseen_groups', 'toxicity_summary',
@@ -898,6 +899,9 @@ def membership_sample(
     return [records[i] for i in sorted(random.Random(seed).sample(range(len(records)), n))]
 
 # %% ../nbs/05_evaluate.ipynb #e7e7e752
+ATTACKS = ("quant8", "quant4")  # attacks by name; toxigs.attacks holds what each one does
+
+
 def evaluate_run(
     run_dir: str | Path,  # the run directory to evaluate
     scorer: str | Scorer = OFFLINE_SCORER,  # a scorer name (`load_scorer`) or a callable
@@ -918,6 +922,7 @@ def evaluate_run(
     n_membership: int | None = None,  # members and non-members kept, each (None: all)
     prompt_groups: Sequence[str] | None = None,  # prompts of these groups only (None: all)
     extra_scorers: Sequence[str] = (),  # more scorers of the same continuations
+    attacks: Sequence[str] = (),  # also evaluate the attacked model: `quant8`, `quant4`
     device: str = "auto",  # `auto`, `cpu`, `cuda`, ...
     checkpoint: str = "final",  # the folder under checkpoints/ to evaluate
     verbose: bool = True,  # print each stage's time
@@ -963,6 +968,8 @@ def check_evaluation_arguments(**settings):
         check_number(name, arguments[name], 1, integer=True, none_ok=True, hint="None keeps all")
     check_names("prompt_groups", arguments["prompt_groups"], none_ok=True)
     check_names("extra_scorers", arguments["extra_scorers"])
+    for attack in check_names("attacks", arguments["attacks"]):
+        check_choice("attacks", attack, ATTACKS)
     if not (callable(arguments["scorer"]) or isinstance(arguments["scorer"], str)):
         raise ValueError(
             "scorer must be a scorer's name or a callable list[str] -> list[float], got "
@@ -1091,55 +1098,117 @@ def _evaluate(run_path: Path, config: dict, checkpoint_path: Path, settings) -> 
     )
     primary, scorers = _scorers(settings, device)
     _refuse_seen_groups(scorers, config, splits, prompts)
-    continuations = generate_continuations(
-        model,
+    source = _utility_source(settings.utility_text, config["data"])
+    task = _Measurement(
         tokenizer,
         prompts,
-        settings.k,
-        settings.max_new_tokens,
-        settings.top_p,
-        settings.temperature,
-        settings.seed,
-        settings.generation_batch_size,
-    )
-    clock.lap("generation")
-    scores, summaries = _score(scorers, continuations, settings)
-    clock.lap("scoring")
-    source = _utility_source(settings.utility_text, config["data"])
-    documents = load_utility_documents(source, settings.max_documents)
-    perplexity = word_perplexity(
-        model, tokenizer, documents, settings.max_length, settings.stride, settings.ppl_batch_size
-    )
-    clock.lap("perplexity")
-    members, nonmembers = (
-        membership_sample(r, settings.n_membership, config["data_seed"])
-        for r in (splits.forget, splits.nonmember)
-    )
-    membership = membership_inference(
-        model,
-        tokenizer,
-        members,
-        nonmembers,
+        scorers,
+        load_utility_documents(source, settings.max_documents),
+        *(
+            membership_sample(r, settings.n_membership, config["data_seed"])
+            for r in (splits.forget, splits.nonmember)
+        ),
         config["max_length"],
-        settings.nll_batch_size,
-        seed=settings.seed,
+        settings,
     )
-    clock.lap("membership")
+    measured = task.measure(model, clock)
     identity = {key: config.get(key) for key in ("method", "model", "data", "seed", "data_seed")}
+    summaries = measured["summaries"]
     report = summaries[primary]["scorer_report"]  # e.g. the groups a ToxiGen scorer was fitted on
     results = {
         "run": {"run_dir": str(run_path), "checkpoint": settings.checkpoint, **identity},
         "toxicity": {k: v for k, v in summaries[primary].items() if k != "scorer_report"},
         "toxicity_by_scorer": summaries,
-        "perplexity": perplexity | {"utility_text": source},
-        "membership": membership,
+        "perplexity": measured["perplexity"] | {"utility_text": source},
+        "membership": measured["membership"],
         "settings": _settings_record(settings, primary, len(prompts), device, report),
         "timing_s": clock.timing,
         "versions": library_versions(),
     }
-    lines = _generation_lines(prompts, continuations, scores, primary)
+    if settings.attacks:
+        results["attacks"] = _attacks(model, task, primary, run_path, config, settings, device)
+    lines = _generation_lines(prompts, measured["continuations"], measured["scores"], primary)
     write_text_atomic(run_path / GENERATIONS_FILE, "\n".join(lines) + "\n")
     write_json_atomic(run_path / RESULTS_FILE, results)
+    return results
+
+
+@dataclass
+class _Measurement:
+    "What an evaluation measures a model on: the same prompts, scorers, texts and members for all."
+
+    tokenizer: object
+    prompts: list[str]
+    scorers: dict
+    documents: list[str]
+    members: list[dict]
+    nonmembers: list[dict]
+    member_max_length: int  # the run's max_length
+    settings: object
+
+    def measure(self, model, clock) -> dict:
+        "Continuations and their scores, word perplexity and membership inference of `model`."
+        s = self.settings
+        continuations = generate_continuations(
+            model,
+            self.tokenizer,
+            self.prompts,
+            s.k,
+            s.max_new_tokens,
+            s.top_p,
+            s.temperature,
+            s.seed,
+            s.generation_batch_size,
+        )
+        clock.lap("generation")
+        scores, summaries = _score(self.scorers, continuations, s)
+        clock.lap("scoring")
+        perplexity = word_perplexity(
+            model, self.tokenizer, self.documents, s.max_length, s.stride, s.ppl_batch_size
+        )
+        clock.lap("perplexity")
+        membership = membership_inference(
+            model,
+            self.tokenizer,
+            self.members,
+            self.nonmembers,
+            self.member_max_length,
+            s.nll_batch_size,
+            seed=s.seed,
+        )
+        clock.lap("membership")
+        return dict(
+            continuations=continuations,
+            scores=scores,
+            summaries=summaries,
+            perplexity=perplexity,
+            membership=membership,
+        )
+
+
+def _attacks(model, task: _Measurement, primary: str, run_path: Path, config, settings, device):
+    """Each attack's measurements of the attacked model (quantization: and the share of its codes
+    equal to the base's), with its wall time."""
+    from toxigs.attacks import QUANTIZATION_ATTACKS, equal_weight_share, quantize_weights
+
+    base_path = final_checkpoint(run_path.parent / BASE_RUN)
+    base = None
+    if config.get("method") != FINETUNE and base_path.is_dir():
+        base = load_model(str(base_path)).to(device).eval()
+    results = {}
+    for attack in settings.attacks:
+        clock, bits = _Stopwatch(settings.verbose), QUANTIZATION_ATTACKS[attack]
+        measured = task.measure(quantize_weights(model, bits), clock)
+        summary = measured["summaries"][primary]
+        results[attack] = {
+            "toxicity": {k: v for k, v in summary.items() if k != "scorer_report"},
+            "perplexity": measured["perplexity"],
+            "membership": measured["membership"],
+            "equal_codes_with_base": None
+            if base is None
+            else equal_weight_share(model, base, bits),
+            "wall_time_s": round(sum(clock.timing.values()), 3),
+        }
     return results
 
 
