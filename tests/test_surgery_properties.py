@@ -31,7 +31,7 @@ def problems(draw):
 def cancellation(forget, retain, fw, rw) -> float:
     "The largest (a + b)/‖g1 + g2‖² of a tensor: what ‖g1 + g2‖² = a + b + 2d loses to cancellation."
     ratio = lambda f, r: float(((fw * f) ** 2 + (rw * r) ** 2).sum()) / max(float(((fw * f + rw * r) ** 2).sum()), 1e-300)
-    return max(1.0, *(ratio(f, r) for f, r in zip(forget, retain) if f.numel()))
+    return max([1.0, *(ratio(f, r) for f, r in zip(forget, retain) if f.numel())])
 
 
 def largest_norm(forget, retain, fw, rw) -> float:
