@@ -30,7 +30,8 @@ import warnings
 
 import torch
 
-from toxigs.surgery import RULES, SignRule, combine_gradients, reference_combine, rule_granularities
+from toxigs.surgery import MEMORY_RULES, RULES, SignRule, combine_gradients, init_rule_state, reference_combine
+from toxigs.surgery import rule_granularities
 
 try:  # a dev dependency: the reference the rules are tested against, timed beside them
     import torchjd.aggregation as tja
@@ -134,16 +135,23 @@ def bench(name: str, shapes, device, repeats: int, bandwidth: float | None, refe
 
     # in place, as training calls it: u overwrites the forget gradients (restored from `pristine` after each call)
     runs = {"plain add, no statistics": (lambda: torch._foreach_add_(forget, retain), 3)}
+    # arrays moved: sign rules 3; projection rules 5 (two sweeps); a memory rule 7 (m read and written too)
+    arrays = lambda rule, unit: 3 if isinstance(unit, SignRule) else 7 if rule in MEMORY_RULES else 5
+    # a stateful rule keeps its state from call to call, as in training (gru's memory is made once)
     for rule, unit in RULES.items():
         for granularity in rule_granularities(rule):
+            state = init_rule_state(rule, granularity, len(forget), device)
             runs[f"{rule} / {granularity}"] = (
-                lambda rule=rule, granularity=granularity: combine_gradients(
-                    forget, retain, rule, granularity=granularity, check_finite=False, chunk_size=chunk_size),
-                3 if isinstance(unit, SignRule) else 5)
+                lambda rule=rule, granularity=granularity, state=state: combine_gradients(
+                    forget, retain, rule, granularity=granularity, check_finite=False, chunk_size=chunk_size,
+                    state=state or None),
+                arrays(rule, unit))
     for rule, unit in RULES.items():  # the trainer's layout for granularity 'global': one tensor per side
+        state = init_rule_state(rule, "global", 1, device)
         runs[f"{rule} / global, one flat tensor"] = (
-            lambda rule=rule: combine_gradients([flat_forget], [flat_retain], rule, check_finite=False, chunk_size=chunk_size),
-            3 if isinstance(unit, SignRule) else 5)
+            lambda rule=rule, state=state: combine_gradients([flat_forget], [flat_retain], rule, check_finite=False,
+                                                             chunk_size=chunk_size, state=state or None),
+            arrays(rule, unit))
     runs["pcgrad / global, check_finite=True"] = (
         lambda: combine_gradients(forget, retain, "pcgrad", check_finite=True, chunk_size=chunk_size), 5)
     if reference: runs[REFERENCE] = (lambda: reference_combine(forget, retain, "pcgrad", dtype=None), 5)
