@@ -643,9 +643,7 @@ def _sweep_gru(
     rows = len(memory_table)
     per_tensor = list(coef.to(coef_dtype).unbind()) if granularity == "param" else [coef] * rows
     _sweep_memory_update(pieces, memory, forget_weight, 0.0, [c.to(coef_dtype) for c in per_tensor])
-    if granularity == "param":
-        coef = (coef * table[:, 4] / table[:, 4].sum().clamp_min(1)).sum()
-    return {"memory_coef": coef}
+    return {"memory_coef": _size_weighted(coef, table) if granularity == "param" else coef}
 
 # %% ../nbs/02_surgery.ipynb #388cad06
 PER_TENSOR_COLUMNS = ("dot", "forget_sq", "retain_sq", "conflicting_elements", "elements")
@@ -676,9 +674,8 @@ def _stats(
     if isinstance(unit, SignRule):
         forget_w, retain_w = unit.agree  # sum: constant weights, conflict per unit
     if granularity == "param":
-        size = table[:, 4] / elements.clamp_min(1)
         mean = lambda w: (
-            (w * size).sum() if isinstance(w, torch.Tensor) else torch.full_like(dot, w)
+            _size_weighted(w, table) if isinstance(w, torch.Tensor) else torch.full_like(dot, w)
         )
         return stats | dict(
             conflict=(table[:, 0] < 0).to(dot.dtype).mean(),
@@ -689,6 +686,14 @@ def _stats(
     return stats | dict(
         conflict=(dot < 0).to(dot.dtype), forget_coef=scalar(forget_w), retain_coef=scalar(retain_w)
     )
+
+
+def _size_weighted(
+    per_tensor: torch.Tensor,  # one value per row of the table
+    table: torch.Tensor,  # the per-tensor table (its last column counts elements)
+) -> torch.Tensor:
+    "The mean of a per-tensor value over elements: each tensor counts by its size."
+    return (per_tensor * (table[:, 4] / table[:, 4].sum().clamp_min(1))).sum()
 
 
 def _row_weights(
