@@ -26,11 +26,12 @@ from .fused import _acc_dtype, _memory_table, _sweep_memory, _sweep_memory_updat
 _all_ = ["CHUNK_ELEMENTS", "DEFAULT_CHUNK"]  # chunk_size's defaults, importable from here too
 
 # %% auto #0
-__all__ = ['RULES', 'GRANULARITIES', 'FIXED_LENGTH', 'RULE_STATES', 'MEMORY_RULES', 'LENGTH_RULES', 'PER_TENSOR_COLUMNS',
-           'pcgrad', 'pcgrad_retain', 'mgda', 'dualproj', 'upgrad', 'eupmu', 'imtlg', 'configrad', 'cagrad', 'nash_mtl',
-           'aligned_mtl', 'gradvac', 'rlw', 'gru', 'rescaled_sum', 'SignRule', 'get_rule', 'rule_granularities',
-           'is_elementwise', 'rule_options', 'check_rule_options', 'parse_rule_options', 'options_label',
-           'init_rule_state', 'combine_gradients', 'plot_rules', 'reference_combine', 'CHUNK_ELEMENTS', 'DEFAULT_CHUNK']
+__all__ = ['OPPOSITE', 'RULES', 'GRANULARITIES', 'FIXED_LENGTH', 'RULE_STATES', 'MEMORY_RULES', 'LENGTH_RULES',
+           'PER_TENSOR_COLUMNS', 'pcgrad', 'pcgrad_retain', 'mgda', 'dualproj', 'upgrad', 'eupmu', 'imtlg', 'configrad',
+           'cagrad', 'nash_mtl', 'aligned_mtl', 'gradvac', 'rlw', 'gru', 'rescaled_sum', 'SignRule', 'get_rule',
+           'rule_granularities', 'is_elementwise', 'rule_options', 'check_rule_options', 'parse_rule_options',
+           'options_label', 'init_rule_state', 'combine_gradients', 'plot_rules', 'reference_combine', 'CHUNK_ELEMENTS',
+           'DEFAULT_CHUNK']
 
 # %% ../nbs/02_surgery.ipynb #34dd205e
 def _safe(x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +169,11 @@ def cagrad(
     return 0.5 + k * x, 0.5 + k * (1 - x)
 
 # %% ../nbs/02_surgery.ipynb #56ed11a1
+# 1 + ρ (Nash-MTL) or λ_min/λ_max (Aligned-MTL) at or below this: collinear gradients as far as
+# float32 sums can tell (their rounding is ~1e-7), where those rules jump
+OPPOSITE = 2.0**-20
+
+
 def nash_mtl(
     dot: torch.Tensor,  # ⟨g1, g2⟩ per unit
     forget_sq: torch.Tensor,  # ‖g1‖² per unit
@@ -177,13 +183,13 @@ def nash_mtl(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nash-MTL (Navon et al. 2022, Multi-Task Learning as a Bargaining Game, Eq. 5; torchjd's
     `NashMTL`): α_i = 1/(‖g_i‖·√(1 + ρ)), u = α1·g1 + α2·g2, ‖u‖ = √2, clipped to `max_norm`.
-    One zero gradient: u = ĝ of the other; exactly opposite gradients (ρ = −1): u = 0."""
+    One zero gradient: u = ĝ of the other; (numerically) opposite ones, 1 + ρ <= OPPOSITE: u = 0."""
     n1, n2 = forget_sq.sqrt(), retain_sq.sqrt()
     both = (forget_sq > 0) & (retain_sq > 0)
     lift = (1 + dot / _safe(n1 * n2)).clamp(min=0).sqrt()  # √(1 + ρ)
     clip = lambda norm: 1.0 if max_norm == 0 else min(1.0, max_norm / norm)
     scale = clip(1.0) + (clip(math.sqrt(2)) - clip(1.0)) * both.to(dot.dtype)  # both: ‖u‖ = √2
-    scale = scale * ~(both & (lift == 0))
+    scale = scale * ~(both & (lift * lift <= OPPOSITE))  # no solution: u = 0
     w1 = torch.where(both, 1 / _safe(n1 * lift), 1 / _safe(n1)) * (forget_sq > 0)
     w2 = torch.where(both, 1 / _safe(n2 * lift), 1 / _safe(n2)) * (retain_sq > 0)
     return w1 * scale, w2 * scale
@@ -196,12 +202,12 @@ def aligned_mtl(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Aligned-MTL (Senushkin et al. 2023, Independent Component Alignment for Multi-Task
     Learning, Algorithm 1; torchjd's `AlignedMTL`): w = √λ_min·G^(−1/2)·(½, ½), in closed form;
-    on a rank-one Gram matrix (torchjd's threshold) the principal direction's part only."""
+    on a (numerically) rank-one Gram matrix the principal direction's part only."""
     a, b, d = forget_sq, retain_sq, dot
     sigma = (a * b - d * d).clamp(min=0).sqrt()  # √det G
     lam_max = (a + b) / 2 + (((a - b) / 2) ** 2 + d * d).sqrt()
     den = _safe(2 * (a + b + 2 * sigma).sqrt() * lam_max.sqrt())
-    rank_one = sigma * sigma <= 2 * torch.finfo(a.dtype).eps * lam_max * lam_max
+    rank_one = sigma * sigma <= OPPOSITE * lam_max * lam_max  # λ_min <= OPPOSITE·λ_max
     v1, v2 = a.sqrt(), torch.where(d < 0, -b.sqrt(), b.sqrt())  # the principal direction ...
     half = (v1 + v2) / _safe(2 * (a + b))  # ... unnormalised: ½(v1 + v2)·v / ‖v‖²
     w1 = torch.where(rank_one, half * v1, (b + sigma - d) / den)
@@ -989,7 +995,7 @@ def _reference_weights(
             return 0.5, 0.5
         return 0.5 + radius / hull * x, 0.5 + radius / hull * (1 - x)
     if rule == "nash_mtl":  # α_i = 1/(‖g_i‖√(1 + ρ)), ‖u‖ = √2, then clipped
-        if a and b and 1 + d / (r1 * r2) <= 0:  # exactly opposite: no solution
+        if a and b and 1 + d / (r1 * r2) <= OPPOSITE:  # opposite: no solution
             return 0.0, 0.0
         if a and b:
             lift = math.sqrt(1 + d / (r1 * r2))
@@ -1003,7 +1009,7 @@ def _reference_weights(
         lam, vec = lam.tolist(), vec.T.tolist()  # ascending; vec[i] belongs to lam[i]
         if lam[1] <= 0:
             return 0.5, 0.5
-        if lam[0] <= 2 * lam[1] * torch.finfo(torch.float64).eps:
+        if lam[0] <= OPPOSITE * lam[1]:
             v = vec[1]
             return 0.5 * (v[0] + v[1]) * v[0], 0.5 * (v[0] + v[1]) * v[1]
         B = [
