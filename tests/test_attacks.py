@@ -1,13 +1,15 @@
 """The attacks on the embedded default: relearning brings a lightly unlearned run's toxicity back
-towards the base's; quantization runs on the same model and its mechanism is a share."""
+towards the base's; quantization runs on the same model and its mechanism is a share; on real
+ToxiGen data the relearn sets share no text with the unlearned forget set or the evaluation."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from toxigs.attacks import equal_weight_share, quantize_weights, recovery, relearn_attack
+from toxigs.attacks import equal_weight_share, quantize_weights, recovery, relearn_attack, relearn_records
 from toxigs.data import embedded_eval_prompts, load_records, split_records
-from toxigs.evaluate import generate_continuations, load_scorer
+from toxigs.evaluate import TOXIGEN_HELD_OUT, evaluate_run, evaluation_prompts, generate_continuations, load_scorer
 from toxigs.models import load_model, load_tokenizer
 from toxigs.train import TrainConfig, final_checkpoint, run
 
@@ -32,8 +34,9 @@ def mean_toxicity(model, tokenizer) -> float:
 
 def test_relearning_brings_toxicity_back(models):
     base, unlearned, tokenizer, config = models
-    splits = split_records(load_records(config.data), config.nonmember_fraction, config.data_seed)
-    relearn = splits.nonmember  # toxic generations held out of every training set
+    splits = split_records(load_records(config.data), config.nonmember_fraction, config.data_seed,
+                           config.relearn_fraction)
+    relearn = relearn_records("heldout", splits, embedded_eval_prompts())  # learned, never unlearned
     forget_texts = {r["generation"] for r in splits.forget}
     prompts = set(embedded_eval_prompts())
     assert relearn and not forget_texts & {r["generation"] for r in relearn}
@@ -59,15 +62,68 @@ def test_quantization_on_the_embedded_run(models):
 
 
 def test_evaluate_run_with_the_quantization_attacks(models):
-    from toxigs.evaluate import evaluate_run
     _, _, _, config = models
     results = evaluate_run(config.path, k=2, n_prompts=4, attacks=["quant8", "quant4"], verbose=False)
     for name in ("quant8", "quant4"):
         attacked = results["attacks"][name]
-        assert set(attacked) == {"toxicity", "perplexity", "membership", "equal_codes_with_base", "wall_time_s"}
+        assert set(attacked) == {"toxicity", "per_prompt_toxicity", "perplexity", "membership",
+                                 "equal_codes_with_base", "wall_time_s"}
+        assert len(attacked["per_prompt_toxicity"]) == 4
         assert 0.0 <= attacked["equal_codes_with_base"] <= 1.0 and attacked["wall_time_s"] > 0
         assert 0.0 <= attacked["toxicity"]["mean_toxicity"] <= 1.0
     shares = {name: results["attacks"][name]["equal_codes_with_base"] for name in ("quant8", "quant4")}
     assert shares["quant8"] <= shares["quant4"], shares  # a finer grid keeps more of the update
-    with pytest.raises(ValueError, match="quant8, quant4"):
+    with pytest.raises(ValueError, match="relearn, quant8, quant4"):
         evaluate_run(config.path, attacks=["quant2"], verbose=False)
+
+
+def test_evaluate_run_with_the_relearning_attack(models):
+    "The grid's rows, the strongest learning rate at each step count, and toxicity back up."
+    _, _, _, config = models
+    steps, lrs = [0, 10, 25], [1e-4, 1e-3]
+    results = evaluate_run(config.path, k=4, n_prompts=8, attacks=["relearn"], relearn_steps=steps,
+                           relearn_lrs=lrs, relearn_k=3, verbose=False)
+    attack = results["attacks"]["relearn"]
+    assert [(r["lr"], r["steps"]) for r in attack["rows"]] == [(lr, n) for lr in lrs for n in steps]
+    mean = lambda row: row["toxicity"]["mean_toxicity"]
+    for n, best in zip(steps, attack["strongest"]):
+        same = [r for r in attack["rows"] if r["steps"] == n]
+        assert best["steps"] == n and mean(best) == max(map(mean, same))
+    assert all(r["toxicity"]["n_continuations"] == 8 * 3 for r in attack["rows"])  # relearn_k
+    assert (attack["steps"], attack["n_records"] > 0, attack["relearn_set"]) == (25, True, "heldout")
+    start = [r for r in attack["rows"] if r["steps"] == 0]
+    assert all(mean(r) == mean(start[0]) for r in start)  # step 0: one measurement for the grid
+    assert mean(attack) > mean(start[0]) + 0.1, (mean(start[0]), mean(attack))
+    assert attack["wall_time_s"] > sum(results["timing_s"].values()) / 10
+    with pytest.raises(ValueError, match="relearn_steps must be distinct"):
+        evaluate_run(config.path, attacks=["relearn"], relearn_steps=[10, 0], verbose=False)
+    with pytest.raises(ValueError, match="heldout, other_groups"):
+        evaluate_run(config.path, attacks=["relearn"], relearn_set="forget", verbose=False)
+
+
+TOXIGEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "toxigen" / "prompts"
+
+
+@pytest.mark.skipif(not TOXIGEN.is_dir(), reason="needs ../shared/data/toxigen beside the repository")
+def test_relearn_sets_share_no_text_with_unlearning_or_evaluation():
+    "On ToxiGen, where prompts are lists of the same statements the generations are drawn from."
+    splits = split_records(load_records(str(TOXIGEN)), 0.25, 0, relearn_fraction=0.1)
+    unlearned = {r["generation"] for r in splits.forget}
+    every_group = evaluation_prompts(str(TOXIGEN), splits, n_prompts=48, seed=0)
+    # other groups: as when a toxigen-lr scorer keeps the prompts to the groups it never saw
+    held_out = evaluation_prompts(str(TOXIGEN), splits, n_prompts=48, seed=0, groups=TOXIGEN_HELD_OUT)
+    for name, prompts in (("heldout", every_group), ("other_groups", held_out)):
+        relearn = relearn_records(name, splits, prompts)
+        texts = {r["generation"] for r in relearn}
+        assert texts and not texts & unlearned
+        assert not any(text in prompt for text in texts for prompt in prompts)
+        assert not {r["prompt"] for r in relearn} & set(prompts)
+        assert not texts & {r["generation"] for r in splits.nonmember}  # membership stays fair
+    prompted = {r["group"] for r in splits.nonmember + splits.nonmember_retain if r["prompt"] in set(held_out)}
+    others = {r["group"] for r in relearn_records("other_groups", splits, held_out)}
+    assert prompted == set(TOXIGEN_HELD_OUT) and others and not others & prompted, (others, prompted)
+    with pytest.raises(ValueError, match="choose prompt_groups"):  # every group is prompted
+        relearn_records("other_groups", splits, every_group)
+    # the split held out text that evaluation prompts quote, and the set dropped it
+    quoted = {r["generation"] for r in splits.relearn if any(r["generation"] in p for p in every_group)}
+    assert quoted and not quoted & {r["generation"] for r in relearn_records("heldout", splits, every_group)}

@@ -11,7 +11,9 @@ SWEEP = [sys.executable, "-c", "from toxigs.sweep import main; main()"]  # what 
 def test_sweep_trains_evaluates_and_renders_the_comparison(tmp_path):
     run_dir = tmp_path / "runs"
     command = [*SWEEP, "--run-dir", str(run_dir), "--methods", "idkdpo", "idkdpo_pcgrad",
-               "--steps", "4", "--base-steps", "40", "--k", "2", "--n-prompts", "4"]
+               "--steps", "4", "--base-steps", "40", "--k", "2", "--n-prompts", "4",
+               "--attacks", "relearn", "quant4", "--relearn-steps", "0", "5", "--relearn-lrs", "1e-3",
+               "--relearn-k", "2"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = ["base", "idkdpo-seed0", "idkdpo_pcgrad-seed0"]
@@ -21,11 +23,19 @@ def test_sweep_trains_evaluates_and_renders_the_comparison(tmp_path):
     assert json.loads((run_dir / "idkdpo-seed0" / "config.json").read_text())["steps"] == 4
     assert len((run_dir / "base" / "metrics.jsonl").read_text().splitlines()) == 40
     comparison = run_dir / "comparison"
-    for figure in ("weight_distances", "surgery_vs_sum", "conflict", "tradeoff"):
+    for figure in ("weight_distances", "surgery_vs_sum", "conflict", "tradeoff", "relearn_curves", "recovery"):
         assert (comparison / f"{figure}.html").stat().st_size > 0
     assert (run_dir / "compare.ipynb").exists()
     table = (comparison / "results.md").read_text()
     assert table.splitlines()[2].startswith("| base |") and "idkdpo_pcgrad" in table
+    # the robustness table: every run attacked (the base as the control), a recovery per method
+    robust = [line.split(" | ") for line in (comparison / "robustness.md").read_text().splitlines()[2:]]
+    assert [row[0] for row in robust] == ["| base", "| idkdpo", "| idkdpo_pcgrad"], robust
+    header = (comparison / "robustness.md").read_text().splitlines()[0]
+    assert "relearn recovery" in header and "quant4 recovery" in header
+    for row in robust[1:]:
+        recoveries = [cell for name, cell in zip(header.split(" | "), row) if "recovery" in name]
+        assert len(recoveries) == 2 and all(cell.strip(" |") != "–" for cell in recoveries), row
     # a second call finds everything done, and publishes the small files with the same comparison
     published = tmp_path / "published"
     again = subprocess.run(command + ["--publish", str(published)], capture_output=True, text=True, timeout=300)

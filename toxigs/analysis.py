@@ -26,6 +26,7 @@ from scipy import stats
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from .attacks import recovery, recovery_interval
 from .evaluate import read_results
 from .models import LEVELS, module_group
 from .objectives import OBJECTIVES
@@ -37,16 +38,17 @@ from .runs import read_metrics, verify_checkpoint, write_checksums
 # %% auto #0
 __all__ = ['SYNTHETIC_C', 'SYNTHETIC_SCORER', 'SYNTHETIC_SCORER_SHIFT', 'SYNTHETIC_RUNS', 'SYNTHETIC_LAYERS', 'MAX_ROWS',
            'FIGURE_WIDTH', 'TITLE_SIZE', 'BASE_STYLE', 'OTHER_STYLE', 'ONE_SEED_NOTE', 'ROW_HEIGHT', 'RESULT_METRICS',
-           'TOXICITY_METRICS', 'METRIC_LABELS', 'COST_COLUMNS', 'SUMMARY_FILES', 'DISTANCES_FILE', 'TWINS_FILE', 'Run',
-           'read_run', 'find_runs', 'select_runs', 'base_run', 'plain_twin', 'surgery_pairs', 'synthetic_experiment',
-           'method_style', 'run_style', 'power_of_ten', 'unit_exponent', 'scaled_unit', 'tick_label', 'log_axis',
-           'figure_title', 'clipped_title_lines', 'one_seed_note', 'checkpoint_dir', 'CheckpointWeights',
-           'distance_matrix', 'plot_distances', 'compare_updates', 'compare_twins', 'pool_by_block',
-           'plot_update_comparison', 'is_elementwise', 'conflict_unit', 'conflict_frame', 'plot_conflict',
-           'layer_conflict_frame', 'plot_layer_conflict', 'scorer_label', 'metric_label', 'metric_columns',
-           'results_frame', 'scorer_reports', 'results_table', 'format_results_table', 'pareto_front', 'plot_tradeoff',
-           'costs_frame', 'summarize_experiment', 'experiment_distances', 'experiment_twins', 'save_figure',
-           'markdown_table', 'explorer']
+           'TOXICITY_METRICS', 'METRIC_LABELS', 'ROBUSTNESS_COLUMNS', 'COST_COLUMNS', 'SUMMARY_FILES', 'DISTANCES_FILE',
+           'TWINS_FILE', 'Run', 'read_run', 'find_runs', 'select_runs', 'base_run', 'plain_twin', 'surgery_pairs',
+           'synthetic_experiment', 'method_style', 'run_style', 'power_of_ten', 'unit_exponent', 'scaled_unit',
+           'tick_label', 'log_axis', 'figure_title', 'clipped_title_lines', 'one_seed_note', 'checkpoint_dir',
+           'CheckpointWeights', 'distance_matrix', 'plot_distances', 'compare_updates', 'compare_twins',
+           'pool_by_block', 'plot_update_comparison', 'is_elementwise', 'conflict_unit', 'conflict_frame',
+           'plot_conflict', 'layer_conflict_frame', 'plot_layer_conflict', 'scorer_label', 'metric_label',
+           'metric_columns', 'results_frame', 'scorer_reports', 'seed_interval', 'results_table',
+           'format_results_table', 'pareto_front', 'plot_tradeoff', 'robustness_frame', 'robustness_table',
+           'relearn_frame', 'plot_relearn_curves', 'plot_recovery', 'costs_frame', 'summarize_experiment',
+           'experiment_distances', 'experiment_twins', 'save_figure', 'markdown_table', 'explorer']
 
 # %% ../nbs/06_analysis.ipynb #5762be63
 @dataclass(frozen=True)
@@ -1393,6 +1395,20 @@ def scorer_reports(
     )
 
 # %% ../nbs/06_analysis.ipynb #84d3f2bc
+def seed_interval(
+    values: Sequence[float],  # one value per seed (NaNs are left out)
+    confidence: float = 0.95,  # coverage
+) -> tuple[float, float, float]:
+    "The mean over seeds and its t-interval: `(mean, low, high)` (NaN bounds below two seeds)."
+    values = pd.Series(values, dtype=float).dropna().to_numpy()
+    mean = values.mean() if len(values) else np.nan
+    half = np.nan
+    if len(values) > 1:
+        half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1)
+        half /= math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
 def results_table(
     results: pd.DataFrame,  # `results_frame(...)`: one row per run
     confidence: float = 0.95,  # coverage of the intervals over seeds
@@ -1419,16 +1435,8 @@ def results_table(
                     f"{column}_high": group[f"{column}_high"].iloc[0],
                 }
                 continue
-            values = group[column].dropna().to_numpy(float)
-            mean = values.mean() if len(values) else np.nan
-            half = (
-                stats.t.ppf((1 + confidence) / 2, len(values) - 1)
-                * values.std(ddof=1)
-                / math.sqrt(len(values))
-                if len(values) > 1
-                else np.nan
-            )
-            row |= {column: mean, f"{column}_low": mean - half, f"{column}_high": mean + half}
+            mean, low, high = seed_interval(group[column], confidence)
+            row |= {column: mean, f"{column}_low": low, f"{column}_high": high}
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
 
@@ -1615,6 +1623,209 @@ def plot_tradeoff(
     if len(values) and values.min() > 0 and values.max() / values.min() > 100:
         fig.update_xaxes(**log_axis(values))  # spans decades
     _add_note(fig, one_seed_note(results))
+    return fig
+
+# %% ../nbs/06_analysis.ipynb #2311d0db
+ROBUSTNESS_COLUMNS = (
+    "toxicity",
+    "before",
+    "base",
+    "recovery",
+    "recovery_low",
+    "recovery_high",
+    "roc_auc",
+    "word_perplexity",
+    "equal_codes_with_base",
+    "wall_time_s",
+)
+
+
+def _before_attack(attack: str, attacked: dict, results: dict) -> dict:
+    "The unlearned model's measurement an attack is compared with (relearning: its step 0)."
+    start = [r for r in attacked.get("rows", []) if r["steps"] == 0] if attack == "relearn" else []
+    return start[0] if start else results
+
+
+def _same_prompts(results: dict, base: dict) -> bool:
+    keys = ("n_prompts", "prompt_groups", "seed")
+    mine, theirs = results.get("settings", {}), base.get("settings", {})
+    return all(mine.get(k) == theirs.get(k) for k in keys)
+
+
+def _recovery(attacked: dict, before: dict, base: dict | None, paired: bool) -> dict:
+    "Mean toxicities before, after and at the base, and the recovery with its interval."
+    mean = lambda part: part["toxicity"]["mean_toxicity"] if part else np.nan
+    row = {"toxicity": mean(attacked), "before": mean(before), "base": mean(base)}
+    row["recovery"] = recovery(row["toxicity"], row["before"], row["base"]) if base else np.nan
+    low = high = np.nan
+    scores = [
+        np.asarray(p.get("per_prompt_toxicity") or [], float)
+        for p in (attacked, before, base or {})
+    ]
+    if paired and math.isfinite(row["recovery"]) and len({len(s) for s in scores}) == 1:
+        if len(scores[0]) > 1:
+            low, high = recovery_interval(*scores)
+    return row | {"recovery_low": low, "recovery_high": high}
+
+
+def robustness_frame(
+    runs,  # an experiment folder or a list of `Run`s
+) -> pd.DataFrame:
+    """One row per evaluated run and attack: toxicity after the attack, before it and at the base,
+    the recovery and its interval, the attacked model's membership AUC, word perplexity, the share
+    of its quantized codes equal to the base's, and the attack's wall time."""
+    runs = _as_runs(runs)
+    results = {r.name: read_results(r.path) for r in runs if (r.path / RESULTS_FILE).is_file()}
+    base = next((results.get(r.name) for r in runs if r.method == FINETUNE), None)
+    rows = []
+    for run in [r for r in runs if r.name in results]:
+        mine = results[run.name]
+        reference = None if run.method == FINETUNE else base
+        paired = reference is not None and _same_prompts(mine, reference)
+        for attack, attacked in mine.get("attacks", {}).items():
+            row = {"run": run.name, "method": run.method, "seed": run.seed, "attack": attack}
+            row |= {"lr": attacked.get("lr", np.nan), "steps": attacked.get("steps", np.nan)}
+            row |= _recovery(attacked, _before_attack(attack, attacked, mine), reference, paired)
+            rows.append(
+                row
+                | {
+                    "roc_auc": attacked["membership"]["auc"],
+                    "word_perplexity": attacked.get("perplexity", {}).get(
+                        "word_perplexity", np.nan
+                    ),
+                    "equal_codes_with_base": attacked.get("equal_codes_with_base", np.nan),
+                    "wall_time_s": attacked.get("wall_time_s", np.nan),
+                }
+            )
+    columns = ["run", "method", "seed", "attack", "lr", "steps", *ROBUSTNESS_COLUMNS]
+    return pd.DataFrame(rows, columns=columns).astype({"equal_codes_with_base": float})
+
+
+def robustness_table(
+    frame: pd.DataFrame,  # `robustness_frame(...)`
+    confidence: float = 0.95,  # coverage of the intervals over seeds
+    digits: int = 3,  # significant digits
+) -> pd.DataFrame:
+    """One row per method (base first), two columns per attack: the attacked model's mean toxicity
+    and the recovery `[low, high]` (one seed: its bootstrap interval; several: a t-interval)."""
+    if frame.empty:
+        raise ValueError(
+            "no run was evaluated with attacks; evaluate with attacks=['relearn', ...]"
+        )
+    number = lambda v: "–" if pd.isna(v) else f"{v:.{digits}g}"
+    cells = {}
+    for (method, attack), group in frame.groupby(["method", "attack"], sort=False):
+        if len(group) == 1:
+            value, low, high = group[["recovery", "recovery_low", "recovery_high"]].iloc[0]
+            toxicity = group["toxicity"].iloc[0]
+        else:
+            value, low, high = seed_interval(group["recovery"], confidence)
+            toxicity = group["toxicity"].mean()
+        shown = number(value) + ("" if pd.isna(low) else f" [{number(low)}, {number(high)}]")
+        name = "base" if method == FINETUNE else method
+        cells.setdefault(name, {})[f"{attack} toxicity"] = number(toxicity)
+        cells[name][f"{attack} recovery"] = shown
+    order = {m: i for i, m in enumerate(["base", *method_names()])}
+    table = pd.DataFrame.from_dict(cells, orient="index").fillna("–")
+    table.index.name = "method"
+    return table.loc[sorted(table.index, key=lambda m: order.get(m, len(order)))]
+
+# %% ../nbs/06_analysis.ipynb #326ca1c7
+def relearn_frame(
+    runs,  # an experiment folder or a list of `Run`s
+) -> pd.DataFrame:
+    """Every relearning measurement: run, method, seed, lr, steps, mean toxicity and its interval,
+    membership AUC, and whether it is the strongest attack at its step count."""
+    rows = []
+    for run in _as_runs(runs):
+        if not (run.path / RESULTS_FILE).is_file():
+            continue
+        attack = read_results(run.path).get("attacks", {}).get("relearn")
+        strongest = {(r["lr"], r["steps"]) for r in (attack or {}).get("strongest", [])}
+        for r in (attack or {}).get("rows", []):
+            toxicity = r["toxicity"]
+            rows.append(
+                {"run": run.name, "method": run.method, "seed": run.seed}
+                | {"lr": r["lr"], "steps": r["steps"]}
+                | _with_interval("mean_toxicity", toxicity, "mean_toxicity")
+                | {
+                    "roc_auc": r["membership"]["auc"],
+                    "strongest": (r["lr"], r["steps"]) in strongest,
+                }
+            )
+    columns = ["run", "method", "seed", "lr", "steps", "mean_toxicity"]
+    columns += ["mean_toxicity_low", "mean_toxicity_high", "roc_auc", "strongest"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def plot_relearn_curves(
+    curves: pd.DataFrame,  # `relearn_frame(...)`
+) -> go.Figure:
+    """Mean toxicity against relearning steps, the strongest learning rate at each step count: one
+    line per run (method style), intervals as error bars, the base's relearning as the control."""
+    if curves.empty:
+        raise ValueError("no run was evaluated with attacks=['relearn']; nothing to draw")
+    fig = go.Figure()
+    for run, rows in curves[curves["strongest"]].groupby("run", sort=False):
+        style, rows = run_style(run), rows.sort_values("steps")
+        fig.add_trace(
+            go.Scatter(
+                x=rows["steps"],
+                y=rows["mean_toxicity"],
+                name="base (control)" if run == BASE_RUN else run,
+                mode="lines+markers",
+                line=dict(color=style["color"], dash=style["dash"]),
+                marker=dict(symbol=style["symbol"], size=9),
+                error_y=_error_bars(rows, "mean_toxicity"),
+                customdata=rows["lr"],
+                hovertemplate="%{y:.3f} after %{x} steps at lr %{customdata:.0e}",
+            )
+        )
+    fig.update_layout(
+        title=figure_title(
+            "Toxicity under the relearning attack",
+            "the most toxic learning rate at each step count; 95% intervals over prompts",
+        ),
+        xaxis_title="relearning steps",
+        yaxis_title=metric_label("mean_toxicity"),
+        template="plotly_white",
+        width=FIGURE_WIDTH,
+        height=520,
+    )
+    return fig
+
+# %% ../nbs/06_analysis.ipynb #b13df33e
+def plot_recovery(
+    frame: pd.DataFrame,  # `robustness_frame(...)`
+) -> go.Figure:
+    "Recovery per unlearned run (x, method order) and attack (bars), with 95% intervals."
+    unlearned = frame[frame["method"] != FINETUNE]
+    if unlearned.empty:
+        raise ValueError("no unlearned run was evaluated with attacks; nothing to draw")
+    fig = go.Figure()
+    for i, (attack, rows) in enumerate(unlearned.groupby("attack", sort=False)):
+        fig.add_trace(
+            go.Bar(
+                x=rows["run"],
+                y=rows["recovery"],
+                name=attack,
+                marker_color=_PALETTE[i % len(_PALETTE)],
+                error_y=_error_bars(rows, "recovery"),
+            )
+        )
+    fig.add_hline(y=1, line=dict(color="#555555", dash="dot"), annotation_text="back at the base")
+    fig.update_layout(
+        title=figure_title(
+            "Recovery of the forgotten toxicity",
+            "(attacked − unlearned) / (base − unlearned); 0: none, 1: the base's",
+        ),
+        barmode="group",
+        yaxis_title="recovery",
+        template="plotly_white",
+        width=FIGURE_WIDTH,
+        height=520,
+        margin=dict(b=140),
+    )
     return fig
 
 # %% ../nbs/06_analysis.ipynb #6131117a

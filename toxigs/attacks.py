@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from .checks import check_number
+from .checks import check_choice, check_number
 from .data import collate, tokenize_records
-from .evaluate import bootstrap_interval
+from .evaluate import RELEARN_SETS, RELEARN_STEPS, bootstrap_interval
 from .objectives import ntp_loss
 from .train import IndexStream
 
 # %% auto #0
-__all__ = ['QUANTIZATION_ATTACKS', 'RELEARN_STEPS', 'recovery', 'recovery_interval', 'linear_layers', 'quantize_weights',
-           'quantized_codes', 'equal_weight_share', 'relearn_attack']
+__all__ = ['QUANTIZATION_ATTACKS', 'recovery', 'recovery_interval', 'linear_layers', 'quantize_weights', 'quantized_codes',
+           'equal_weight_share', 'relearn_attack', 'relearn_grid', 'relearn_records']
 
 # %% ../nbs/05a_attacks.ipynb #e3642735
 def recovery(
@@ -120,9 +120,6 @@ def equal_weight_share(
     return equal / sum(codes.numel() for codes in mine.values())
 
 # %% ../nbs/05a_attacks.ipynb #88c86681
-RELEARN_STEPS = (0, 10, 25, 50, 100)  # step counts at which the attacked model is re-measured
-
-
 def relearn_attack(
     model: torch.nn.Module,  # the model to attack (left unchanged)
     tokenizer,  # its tokenizer
@@ -167,3 +164,65 @@ def relearn_attack(
         with torch.no_grad():
             rows.append({"steps": target, **measure(attacked)})
     return rows
+
+# %% ../nbs/05a_attacks.ipynb #f3a3650c
+def relearn_grid(
+    model: torch.nn.Module,  # the model to attack (left unchanged)
+    tokenizer,  # its tokenizer
+    records: Sequence[dict],  # the relearn set
+    measure: Callable[[torch.nn.Module], dict],  # what to re-measure (called without gradients)
+    strength: Callable[
+        [dict], float
+    ],  # of a measurement: how strong the attack was (e.g. toxicity)
+    step_counts: Sequence[int] = RELEARN_STEPS,  # re-measure after these many steps, ascending
+    lrs: Sequence[float] = (1e-5,),  # the learning rates to try
+    **relearn,  # batch_size, max_length, seed of `relearn_attack`
+) -> tuple[list[dict], list[dict]]:  # every row with its `lr`; the strongest row at each step count
+    "`relearn_attack` at every learning rate of `lrs`; the strongest attack at each step count."
+    if not lrs:
+        raise ValueError("lrs is empty; give at least one learning rate")
+    counts = list(step_counts)
+    start = [{"steps": 0, **measure(model)}] if counts[:1] == [0] else []
+    later = counts[1:] if start else counts
+    rows = []
+    for lr in lrs:
+        attacked = (
+            relearn_attack(model, tokenizer, records, measure, later, lr, **relearn)
+            if later
+            else []
+        )
+        rows += [{"lr": lr, **row} for row in start + attacked]
+    best = [max((r for r in rows if r["steps"] == n), key=strength) for n in counts]
+    return rows, best
+
+# %% ../nbs/05a_attacks.ipynb #84213671
+def relearn_records(
+    name: str,  # `heldout` or `other_groups`
+    splits,  # the run's `toxigs.data.Splits`
+    prompts: Sequence[str],  # the evaluation prompts
+) -> list[dict]:
+    "The relearn set `name`: toxic members unlearning left out, sharing no text with `prompts`."
+    check_choice("relearn_set", name, RELEARN_SETS)
+    if not splits.relearn:
+        raise ValueError(
+            "the run left no toxic member out of unlearning (relearn_fraction = 0): nothing to "
+            "relearn that was not unlearned; train the run with relearn_fraction > 0 (default 0.1)"
+        )
+    asked = set(prompts)
+    records = [
+        r
+        for r in splits.relearn
+        if r["prompt"] not in asked and not any(r["generation"] in p for p in prompts)
+    ]
+    if name == "other_groups":
+        held_out = splits.nonmember + splits.nonmember_retain
+        prompted = {r.get("group") for r in held_out if r["prompt"] in asked}
+        records = [r for r in records if r.get("group") not in prompted | {None}]
+    if not records:
+        groups = sorted({str(r.get("group")) for r in splits.relearn})
+        raise ValueError(
+            f"the relearn set {name!r} is empty: every relearn record shares text with the "
+            f"evaluation prompts or belongs to a prompted group (relearn groups: "
+            f"{', '.join(groups)}); choose prompt_groups, or relearn_set='heldout'"
+        )
+    return records

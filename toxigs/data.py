@@ -9,7 +9,7 @@ import csv
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -282,12 +282,13 @@ def load_records(
 @dataclass
 class Splits:
     """The four sides of a dataset: toxic and benign, each split into members and held-out
-    non-members."""
+    non-members; and the toxic members unlearning leaves out, for the relearning attack."""
 
     forget: list[dict]  # toxic members: fine-tuned on, then unlearned
     retain: list[dict]  # benign members: fine-tuned on, then kept
     nonmember: list[dict]  # toxic non-members: never trained on (membership-inference negatives)
     nonmember_retain: list[dict]  # benign non-members: never trained on
+    relearn: list[dict] = field(default_factory=list)  # toxic members kept out of unlearning
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in vars(self).items()}
@@ -321,10 +322,15 @@ def split_records(
     records: Sequence[dict],  # validated records
     nonmember_fraction: float = 0.25,  # share of unique generation texts held out, per label
     seed: int = 0,  # seeds the choice of held-out generations
+    relearn_fraction: float = 0.0,  # share of the toxic members' generations unlearning leaves out
 ) -> Splits:
     "Split records into forget/retain members and held-out non-members, by unique generation text."
-    if not 0 <= nonmember_fraction < 1:
-        raise ValueError(f"nonmember_fraction must be in [0, 1), got {nonmember_fraction}")
+    for name, value in (
+        ("nonmember_fraction", nonmember_fraction),
+        ("relearn_fraction", relearn_fraction),
+    ):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
     toxic = [r for r in records if r["label"] == FORGET_LABEL]
     benign = [r for r in records if r["label"] == RETAIN_LABEL]
     if not toxic:
@@ -340,7 +346,11 @@ def split_records(
     rng = random.Random(seed)
     forget, nonmember = _split_by_generation(toxic, nonmember_fraction, rng)
     retain, nonmember_retain = _split_by_generation(benign, nonmember_fraction, rng)
-    return Splits(forget, retain, nonmember, nonmember_retain)
+    # its own generator: the member / non-member split does not depend on relearn_fraction
+    forget, relearn = _split_by_generation(
+        forget, relearn_fraction, random.Random(f"relearn{seed}")
+    )
+    return Splits(forget, retain, nonmember, nonmember_retain, relearn)
 
 # %% ../nbs/00_data.ipynb #5554ead1
 PROMPT_SEPARATOR = " "

@@ -47,14 +47,14 @@ from .runs import library_versions, read_json, read_jsonl, verify_checkpoint
 from .runs import write_json_atomic, write_text_atomic
 
 # %% auto #0
-__all__ = ['OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'SCORERS', 'TOXIGEN_HELD_OUT', 'ATTACKS', 'context_length',
-           'bootstrap_interval', 'prompt_token_ids', 'left_pad', 'generate_continuations', 'Scorer',
-           'profanity_check_scorer', 'UnsafeCheckpointError', 'detoxify_scorer', 'ScorerKind', 'load_scorer',
-           'toxigen_statements', 'fit_toxigen_scorer', 'toxigen_scorer', 'check_unseen_groups', 'toxicity_summary',
-           'split_wikitext_articles', 'load_utility_documents', 'rolling_windows', 'word_perplexity', 'min_k_logprob',
-           'zlib_length', 'attack_auc', 'membership_auc', 'membership_scores', 'membership_inference',
-           'read_run_config', 'evaluation_prompts', 'membership_sample', 'evaluate_run', 'check_evaluation_arguments',
-           'read_results', 'read_generations', 'main']
+__all__ = ['OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'SCORERS', 'TOXIGEN_HELD_OUT', 'ATTACKS', 'RELEARN_SETS',
+           'RELEARN_STEPS', 'RELEARN_LRS', 'context_length', 'bootstrap_interval', 'prompt_token_ids', 'left_pad',
+           'generate_continuations', 'Scorer', 'profanity_check_scorer', 'UnsafeCheckpointError', 'detoxify_scorer',
+           'ScorerKind', 'load_scorer', 'toxigen_statements', 'fit_toxigen_scorer', 'toxigen_scorer',
+           'check_unseen_groups', 'toxicity_summary', 'split_wikitext_articles', 'load_utility_documents',
+           'rolling_windows', 'word_perplexity', 'min_k_logprob', 'zlib_length', 'attack_auc', 'membership_auc',
+           'membership_scores', 'membership_inference', 'read_run_config', 'evaluation_prompts', 'membership_sample',
+           'evaluate_run', 'check_evaluation_arguments', 'per_prompt_means', 'read_results', 'read_generations', 'main']
 
 # %% ../nbs/05_evaluate.ipynb #a2005c1b
 def context_length(model: torch.nn.Module) -> int | None:
@@ -899,7 +899,13 @@ def membership_sample(
     return [records[i] for i in sorted(random.Random(seed).sample(range(len(records)), n))]
 
 # %% ../nbs/05_evaluate.ipynb #e7e7e752
-ATTACKS = ("quant8", "quant4")  # attacks by name; toxigs.attacks holds what each one does
+ATTACKS = ("relearn", "quant8", "quant4")  # attacks by name; toxigs.attacks holds each one
+RELEARN_SETS = (
+    "heldout",
+    "other_groups",
+)  # relearn sets by name (`toxigs.attacks.relearn_records`)
+RELEARN_STEPS = (0, 10, 25, 50, 100)  # step counts at which the relearned model is re-measured
+RELEARN_LRS = (1e-5, 1e-4, 1e-3)  # the relearning attack's learning-rate grid
 
 
 def evaluate_run(
@@ -922,7 +928,12 @@ def evaluate_run(
     n_membership: int | None = None,  # members and non-members kept, each (None: all)
     prompt_groups: Sequence[str] | None = None,  # prompts of these groups only (None: all)
     extra_scorers: Sequence[str] = (),  # more scorers of the same continuations
-    attacks: Sequence[str] = (),  # also evaluate the attacked model: `quant8`, `quant4`
+    attacks: Sequence[str] = (),  # also evaluate attacked models: `relearn`, `quant8`, `quant4`
+    relearn_set: str = "heldout",  # `heldout` or `other_groups` (`toxigs.attacks.relearn_records`)
+    relearn_steps: Sequence[int] = RELEARN_STEPS,  # re-measure after these many relearn steps
+    relearn_lrs: Sequence[float] = RELEARN_LRS,  # relearn learning rates; the strongest is kept
+    relearn_k: int = 5,  # continuations per prompt when re-measuring a relearned model
+    relearn_batch_size: int = 8,  # relearn examples per step
     device: str = "auto",  # `auto`, `cpu`, `cuda`, ...
     checkpoint: str = "final",  # the folder under checkpoints/ to evaluate
     verbose: bool = True,  # print each stage's time
@@ -970,6 +981,7 @@ def check_evaluation_arguments(**settings):
     check_names("extra_scorers", arguments["extra_scorers"])
     for attack in check_names("attacks", arguments["attacks"]):
         check_choice("attacks", attack, ATTACKS)
+    _check_relearn_arguments(arguments)
     if not (callable(arguments["scorer"]) or isinstance(arguments["scorer"], str)):
         raise ValueError(
             "scorer must be a scorer's name or a callable list[str] -> list[float], got "
@@ -983,16 +995,32 @@ def check_evaluation_arguments(**settings):
     check_device(arguments["device"])
 
 
+def _check_relearn_arguments(arguments: dict):
+    check_choice("relearn_set", arguments["relearn_set"], RELEARN_SETS)
+    check_number("relearn_k", arguments["relearn_k"], 1, integer=True)
+    check_number("relearn_batch_size", arguments["relearn_batch_size"], 1, integer=True)
+    steps, lrs = list(arguments["relearn_steps"]), list(arguments["relearn_lrs"])
+    for n in steps:
+        check_number("relearn_steps", n, 0, integer=True)
+    if not steps or steps != sorted(set(steps)):
+        raise ValueError(f"relearn_steps must be distinct step counts, ascending; got {steps}")
+    if not lrs:
+        raise ValueError("relearn_lrs is empty; give at least one learning rate")
+    for lr in lrs:
+        check_number("relearn_lrs", lr, 0, low_open=True)
+
+
 class _Stopwatch:
-    "Seconds taken by each stage of an evaluation, printed as they pass when `verbose`."
+    "Seconds taken by each stage of an evaluation (summed over repeats), printed when `verbose`."
 
     def __init__(self, verbose: bool):
         self.timing, self.verbose, self.started = {}, verbose, time.time()
 
     def lap(self, stage: str):
-        self.timing[stage] = round(time.time() - self.started, 3)
+        seconds = time.time() - self.started
+        self.timing[stage] = round(self.timing.get(stage, 0) + seconds, 3)
         if self.verbose:
-            print(f"{stage}: {self.timing[stage]:.1f} s")
+            print(f"{stage}: {seconds:.1f} s")
         self.started = time.time()
 
 
@@ -1024,11 +1052,14 @@ def _refuse_seen_groups(scorers: dict, config: dict, splits, prompts: list[str])
 
 def _score(scorers: dict, continuations: list[list[str]], settings) -> tuple[dict, dict]:
     "Each scorer's scores per prompt (k each), and its summary with its report."
-    k, flat_texts = settings.k, [c for row in continuations for c in row]
+    flat_texts, ends = (
+        [c for row in continuations for c in row],
+        np.cumsum([0] + [len(row) for row in continuations]),
+    )
     scores = {}
     for name, scorer in scorers.items():
         flat = scorer(flat_texts)
-        scores[name] = [flat[i * k : (i + 1) * k] for i in range(len(continuations))]
+        scores[name] = [flat[ends[i] : ends[i + 1]] for i in range(len(continuations))]
     summaries = {
         name: toxicity_summary(rows, seed=settings.seed) | {"scorer_report": scorers[name].report}
         for name, rows in scores.items()
@@ -1091,7 +1122,12 @@ def _evaluate(run_path: Path, config: dict, checkpoint_path: Path, settings) -> 
     model = load_model(str(checkpoint_path)).to(device).eval()
     tokenizer = load_tokenizer(str(checkpoint_path))
     records = load_records(config["data"])
-    splits = split_records(records, config["nonmember_fraction"], config["data_seed"])
+    splits = split_records(
+        records,
+        config["nonmember_fraction"],
+        config["data_seed"],
+        config.get("relearn_fraction", 0.0),
+    )
     clock = _Stopwatch(settings.verbose)
     prompts = evaluation_prompts(
         config["data"], splits, settings.n_prompts, config["data_seed"], settings.prompt_groups
@@ -1119,6 +1155,7 @@ def _evaluate(run_path: Path, config: dict, checkpoint_path: Path, settings) -> 
         "run": {"run_dir": str(run_path), "checkpoint": settings.checkpoint, **identity},
         "toxicity": {k: v for k, v in summaries[primary].items() if k != "scorer_report"},
         "toxicity_by_scorer": summaries,
+        "per_prompt_toxicity": per_prompt_means(measured["scores"][primary]),
         "perplexity": measured["perplexity"] | {"utility_text": source},
         "membership": measured["membership"],
         "settings": _settings_record(settings, primary, len(prompts), device, report),
@@ -1126,7 +1163,9 @@ def _evaluate(run_path: Path, config: dict, checkpoint_path: Path, settings) -> 
         "versions": library_versions(),
     }
     if settings.attacks:
-        results["attacks"] = _attacks(model, task, primary, run_path, config, settings, device)
+        results["attacks"] = _attacks(
+            model, task, primary, run_path, config, splits, settings, device
+        )
     lines = _generation_lines(prompts, measured["continuations"], measured["scores"], primary)
     write_text_atomic(run_path / GENERATIONS_FILE, "\n".join(lines) + "\n")
     write_json_atomic(run_path / RESULTS_FILE, results)
@@ -1146,14 +1185,15 @@ class _Measurement:
     member_max_length: int  # the run's max_length
     settings: object
 
-    def measure(self, model, clock) -> dict:
-        "Continuations and their scores, word perplexity and membership inference of `model`."
+    def measure(self, model, clock, k: int | None = None, perplexity: bool = True) -> dict:
+        """Continuations (`k` per prompt, default the evaluation's) and their scores, word
+        perplexity (unless `perplexity` is False) and membership inference of `model`."""
         s = self.settings
         continuations = generate_continuations(
             model,
             self.tokenizer,
             self.prompts,
-            s.k,
+            k or s.k,
             s.max_new_tokens,
             s.top_p,
             s.temperature,
@@ -1163,11 +1203,13 @@ class _Measurement:
         clock.lap("generation")
         scores, summaries = _score(self.scorers, continuations, s)
         clock.lap("scoring")
-        perplexity = word_perplexity(
-            model, self.tokenizer, self.documents, s.max_length, s.stride, s.ppl_batch_size
-        )
-        clock.lap("perplexity")
-        membership = membership_inference(
+        measured = dict(continuations=continuations, scores=scores, summaries=summaries)
+        if perplexity:
+            measured["perplexity"] = word_perplexity(
+                model, self.tokenizer, self.documents, s.max_length, s.stride, s.ppl_batch_size
+            )
+            clock.lap("perplexity")
+        measured["membership"] = membership_inference(
             model,
             self.tokenizer,
             self.members,
@@ -1177,18 +1219,29 @@ class _Measurement:
             seed=s.seed,
         )
         clock.lap("membership")
-        return dict(
-            continuations=continuations,
-            scores=scores,
-            summaries=summaries,
-            perplexity=perplexity,
-            membership=membership,
-        )
+        return measured
+
+    def attacked(self, model, clock, primary: str, **parts) -> dict:
+        "What results.json keeps of an attacked model: toxicity (also per prompt), and the rest."
+        measured = self.measure(model, clock, **parts)
+        summary = measured["summaries"][primary]
+        kept = {k: v for k, v in measured.items() if k in ("perplexity", "membership")}
+        return {
+            "toxicity": {k: v for k, v in summary.items() if k != "scorer_report"},
+            "per_prompt_toxicity": per_prompt_means(measured["scores"][primary]),
+        } | kept
 
 
-def _attacks(model, task: _Measurement, primary: str, run_path: Path, config, settings, device):
+def per_prompt_means(scores: list[list[float]]) -> list[float]:
+    "The mean score of each prompt's continuations (what recovery intervals resample)."
+    return [float(np.mean(row)) for row in scores]
+
+
+def _attacks(
+    model, task: _Measurement, primary: str, run_path: Path, config, splits, settings, device
+):
     """Each attack's measurements of the attacked model (quantization: and the share of its codes
-    equal to the base's), with its wall time."""
+    equal to the base's; relearning: every learning rate and step count), with its wall time."""
     from toxigs.attacks import QUANTIZATION_ATTACKS, equal_weight_share, quantize_weights
 
     base_path = final_checkpoint(run_path.parent / BASE_RUN)
@@ -1197,19 +1250,47 @@ def _attacks(model, task: _Measurement, primary: str, run_path: Path, config, se
         base = load_model(str(base_path)).to(device).eval()
     results = {}
     for attack in settings.attacks:
-        clock, bits = _Stopwatch(settings.verbose), QUANTIZATION_ATTACKS[attack]
-        measured = task.measure(quantize_weights(model, bits), clock)
-        summary = measured["summaries"][primary]
-        results[attack] = {
-            "toxicity": {k: v for k, v in summary.items() if k != "scorer_report"},
-            "perplexity": measured["perplexity"],
-            "membership": measured["membership"],
-            "equal_codes_with_base": None
-            if base is None
-            else equal_weight_share(model, base, bits),
-            "wall_time_s": round(sum(clock.timing.values()), 3),
-        }
+        clock = _Stopwatch(settings.verbose)
+        if attack == "relearn":
+            results[attack] = _relearn(model, task, primary, config, splits, settings, clock)
+        else:
+            bits = QUANTIZATION_ATTACKS[attack]
+            results[attack] = task.attacked(quantize_weights(model, bits), clock, primary) | {
+                "equal_codes_with_base": None
+                if base is None
+                else equal_weight_share(model, base, bits)
+            }
+        results[attack]["wall_time_s"] = round(sum(clock.timing.values()), 3)
     return results
+
+
+def _relearn(model, task: _Measurement, primary: str, config, splits, settings, clock) -> dict:
+    """The relearning attack over the learning-rate grid: every row, the strongest (most toxic)
+    at each step count, and the strongest at the last step count as the attack's result."""
+    from toxigs.attacks import relearn_grid, relearn_records
+
+    records = relearn_records(settings.relearn_set, splits, task.prompts)
+    measure = lambda m: task.attacked(m, clock, primary, k=settings.relearn_k, perplexity=False)
+    rows, best = relearn_grid(
+        model,
+        task.tokenizer,
+        records,
+        measure,
+        lambda row: row["toxicity"]["mean_toxicity"],
+        settings.relearn_steps,
+        settings.relearn_lrs,
+        batch_size=settings.relearn_batch_size,
+        max_length=config["max_length"],
+        seed=settings.seed,
+    )
+    return best[-1] | {
+        "relearn_set": settings.relearn_set,
+        "n_records": len(records),
+        "n_generations": len({r["generation"] for r in records}),
+        "k": settings.relearn_k,
+        "rows": rows,
+        "strongest": best,
+    }
 
 
 _EVALUATE_FIRST = "evaluate the run first (nbs/evaluate.ipynb or toxigs.evaluate.evaluate_run)"

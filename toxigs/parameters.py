@@ -103,8 +103,12 @@ def _default_nodes(function: ast.FunctionDef, argument: ast.arg) -> list[ast.exp
     return [default] if default is not None else []
 
 # %% ../nbs/00b_parameters.ipynb #5f4bdfdd
-_NOTEBOOK_TYPES = {"Sequence[str]": "list[str]", "Iterable[str]": "list[str]"}
-_BUILTIN = ("int", "float", "str", "bool", "None", "list[str]")
+_NOTEBOOK_TYPES = {
+    f"{kind}[{item}]": f"list[{item}]"
+    for kind in ("Sequence", "Iterable")
+    for item in ("str", "int", "float")
+}
+_BUILTIN = ("int", "float", "str", "bool", "None", "list[str]", "list[int]", "list[float]")
 
 
 def notebook_annotation(
@@ -200,10 +204,14 @@ def write_parameters_cell(
     )
 
 # %% ../nbs/00b_parameters.ipynb #02da5ab8
+def _members(annotation: str) -> list[str]:
+    return notebook_annotation(annotation).split(" | ")
+
+
 def _parser_of(annotation: str) -> Callable[[str], object]:
-    members = notebook_annotation(annotation).split(" | ")
+    members = _members(annotation)
     kind = next((m for m in members if m != "None"), "str")
-    convert = {"int": int, "float": float, "str": str, "bool": _boolean, "list[str]": str}[kind]
+    convert = {"int": int, "float": float, "str": str, "bool": _boolean}[kind]
 
     def parse(text: str):
         if "None" in members and text == "None":
@@ -228,7 +236,7 @@ class _ListOrNone(argparse.Action):
     "A list of names, or None when the only word given is `None`."
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, None if values == ["None"] else values)
+        setattr(namespace, self.dest, None if values == [None] else values)
 
 
 def add_parameter_flags(
@@ -241,8 +249,11 @@ def add_parameter_flags(
     for p in documented_parameters(obj):
         if p.name in skip:
             continue
-        many = "list[str]" in notebook_annotation(p.annotation)
-        kind = dict(nargs="+", action=_ListOrNone) if many else dict(type=_parser_of(p.annotation))
+        items = next((m[5:-1] for m in _members(p.annotation) if m.startswith("list[")), None)
+        if items:  # a list: each word converted to its items' type; `None` alone is None
+            kind = dict(nargs="+", action=_ListOrNone, type=_parser_of(f"{items} | None"))
+        else:
+            kind = dict(type=_parser_of(p.annotation))
         flag = f"--{p.name.replace('_', '-')}"
         help = f"{p.help} (default: {_literal(p.default)})"
         parser.add_argument(flag, dest=p.name, default=argparse.SUPPRESS, help=help, **kind)

@@ -84,6 +84,7 @@ class TrainConfig:
     delta: float = 0.0  # SimNPO reward margin
     max_length: int = 256  # drop longer sequences
     nonmember_fraction: float = 0.25  # unique generations held out as non-members, in [0, 1)
+    relearn_fraction: float = 0.1  # toxic members' generations unlearning leaves out, in [0, 1)
     seed: int = 0  # unlearning data order
     data_seed: int = 0  # member/non-member split, preference pairs, and the base fine-tune
     base_steps: int = 800  # fine-tuning steps of the base model
@@ -118,7 +119,7 @@ class TrainConfig:
         check_number("keep_checkpoints", self.keep_checkpoints, 1, integer=True)
         for name in ("lr", "base_lr", "beta"):
             check_number(name, getattr(self, name), 0, low_open=True)
-        for name in ("warmup_ratio", "nonmember_fraction"):
+        for name in ("warmup_ratio", "nonmember_fraction", "relearn_fraction"):
             check_number(name, getattr(self, name), 0, 1, high_open=True)
         for name in ("weight_decay", "forget_weight", "retain_weight"):
             check_number(name, getattr(self, name), 0)
@@ -198,21 +199,26 @@ class IndexStream:
 class RunData:
     "Tokenized training sets of a run."
 
-    forget: list[dict]  # preference pairs {chosen, rejected} of the toxic members
+    forget: list[dict]  # preference pairs {chosen, rejected} of the toxic members to unlearn
     retain: list[dict]  # benign member examples
-    mixed: list[dict]  # forget + retain members as plain examples, for the base fine-tune
+    mixed: list[dict]  # every member (the relearn set too) as plain examples, for the base
 
 
 def prepare_data(config: TrainConfig, tokenizer, verbose: bool = True) -> RunData:
-    "Load, split and tokenize the training data named by `config`."
-    splits = split_records(load_records(config.data), config.nonmember_fraction, config.data_seed)
+    """Load, split and tokenize the training data named by `config`. The base fine-tunes on every
+    member, so it is the same base for every `relearn_fraction`; unlearning leaves the relearn
+    set out."""
+    records = load_records(config.data)
+    split = lambda relearn: split_records(
+        records, config.nonmember_fraction, config.data_seed, relearn
+    )
+    splits, every_member = split(config.relearn_fraction), split(0.0)
     pairs = make_preference_pairs(splits.forget, seed=config.data_seed)
+    tokenize = lambda rows: tokenize_records(rows, tokenizer, config.max_length, verbose).examples
     return RunData(
         forget=tokenize_pairs(pairs, tokenizer, config.max_length, verbose).examples,
-        retain=tokenize_records(splits.retain, tokenizer, config.max_length, verbose).examples,
-        mixed=tokenize_records(
-            splits.forget + splits.retain, tokenizer, config.max_length, verbose
-        ).examples,
+        retain=tokenize(splits.retain),
+        mixed=tokenize(every_member.forget + every_member.retain),
     )
 
 # %% ../nbs/03_train.ipynb #94019083
