@@ -14,7 +14,7 @@ from pathlib import Path
 import toxigs
 from .analysis import summarize_experiment
 from .checks import check_choice, run_command
-from .evaluate import RESULTS_FILE, check_evaluation_arguments, evaluate_run
+from .evaluate import RESULTS_FILE, check_evaluation_arguments, evaluate_run, read_results
 from .parameters import add_parameter_flags
 from .objectives import OBJECTIVES
 from .surgery import RULES
@@ -94,6 +94,13 @@ def render_comparison(
     return out
 
 
+def _evaluated(path: Path, attacks) -> bool:
+    "The run has results.json with every attack asked (else it is evaluated again, attacks too)."
+    if not (path / RESULTS_FILE).exists():
+        return False
+    return set(attacks) <= set(read_results(path).get("attacks", {}))
+
+
 def sweep(
     configs: list[TrainConfig],  # from `sweep_configs`
     evaluation: dict,  # evaluate_run's arguments (besides run_dir)
@@ -108,7 +115,7 @@ def sweep(
         runs.append(run(config, progress=False))
         print(f"{config.path}: trained")
     for path in runs:
-        if (path / RESULTS_FILE).exists():
+        if _evaluated(path, evaluation.get("attacks", ())):
             print(f"{path}: already evaluated")
             continue
         results = evaluate_run(path, verbose=False, **evaluation)
