@@ -171,9 +171,7 @@ def relearn_grid(
     tokenizer,  # its tokenizer
     records: Sequence[dict],  # the relearn set
     measure: Callable[[torch.nn.Module], dict],  # what to re-measure (called without gradients)
-    strength: Callable[
-        [dict], float
-    ],  # of a measurement: how strong the attack was (e.g. toxicity)
+    strength: Callable[[dict], float],  # how strong a measurement's attack was (e.g. toxicity)
     step_counts: Sequence[int] = RELEARN_STEPS,  # re-measure after these many steps, ascending
     lrs: Sequence[float] = (1e-5,),  # the learning rates to try
     **relearn,  # batch_size, max_length, seed of `relearn_attack`
@@ -182,7 +180,8 @@ def relearn_grid(
     if not lrs:
         raise ValueError("lrs is empty; give at least one learning rate")
     counts = list(step_counts)
-    start = [{"steps": 0, **measure(model)}] if counts[:1] == [0] else []
+    with torch.no_grad():
+        start = [{"steps": 0, **measure(model)}] if counts[:1] == [0] else []
     later = counts[1:] if start else counts
     rows = []
     for lr in lrs:
