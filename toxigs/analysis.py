@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from .attacks import recovery, recovery_interval
-from .evaluate import read_results
+from .evaluate import bootstrap_interval, read_results
 from .models import LEVELS, module_group
 from .objectives import OBJECTIVES
 from .surgery import RULES, is_elementwise as is_elementwise_rule
@@ -1630,6 +1630,7 @@ ROBUSTNESS_COLUMNS = (
     "toxicity",
     "before",
     "base",
+    "forgot",
     "recovery",
     "recovery_low",
     "recovery_high",
@@ -1652,20 +1653,42 @@ def _same_prompts(results: dict, base: dict) -> bool:
     return all(mine.get(k) == theirs.get(k) for k in keys)
 
 
+def _forgot(before: np.ndarray, base: np.ndarray, gap: float, paired: bool) -> bool:
+    """Did unlearning lower the toxicity beyond noise? The 95% paired-bootstrap interval of the
+    base − unlearned gap lies above 0 (unpaired, or one prompt: the gap itself is above 0)."""
+    if not (paired and len(before) == len(base) > 1):
+        return gap > 0
+    low, _ = bootstrap_interval(
+        lambda rows: rows[:, 1].mean() - rows[:, 0].mean(), np.c_[before, base]
+    )
+    return low > 0
+
+
 def _recovery(attacked: dict, before: dict, base: dict | None, paired: bool) -> dict:
-    "Mean toxicities before, after and at the base, and the recovery with its interval."
+    """Mean toxicities before, after and at the base; whether unlearning forgot anything, and if
+    so the recovery with its interval (else NaN: there is nothing to recover)."""
     mean = lambda part: part["toxicity"]["mean_toxicity"] if part else np.nan
     row = {"toxicity": mean(attacked), "before": mean(before), "base": mean(base)}
-    row["recovery"] = recovery(row["toxicity"], row["before"], row["base"]) if base else np.nan
-    low = high = np.nan
     scores = [
         np.asarray(p.get("per_prompt_toxicity") or [], float)
         for p in (attacked, before, base or {})
     ]
-    if paired and math.isfinite(row["recovery"]) and len({len(s) for s in scores}) == 1:
-        if len(scores[0]) > 1:
-            low, high = recovery_interval(*scores)
-    return row | {"recovery_low": low, "recovery_high": high}
+    paired = paired and len({len(s) for s in scores}) == 1
+    forgot = base is not None and _forgot(scores[1], scores[2], row["base"] - row["before"], paired)
+    row |= {"forgot": forgot, "recovery": np.nan, "recovery_low": np.nan, "recovery_high": np.nan}
+    if forgot:
+        row["recovery"] = recovery(row["toxicity"], row["before"], row["base"])
+        if paired and len(scores[0]) > 1:
+            row["recovery_low"], row["recovery_high"] = recovery_interval(*scores)
+    return row
+
+
+def _base_reference(attack: str, base: dict | None) -> dict | None:
+    """The base's measurement an attack's recovery is measured against: for relearning, the base's
+    own step 0 when it was attacked too (the same `relearn_k`), else its evaluation."""
+    if base is None:
+        return None
+    return _before_attack(attack, base.get("attacks", {}).get(attack, {}), base)
 
 
 def robustness_frame(
@@ -1685,7 +1708,8 @@ def robustness_frame(
         for attack, attacked in mine.get("attacks", {}).items():
             row = {"run": run.name, "method": run.method, "seed": run.seed, "attack": attack}
             row |= {"lr": attacked.get("lr", np.nan), "steps": attacked.get("steps", np.nan)}
-            row |= _recovery(attacked, _before_attack(attack, attacked, mine), reference, paired)
+            before = _before_attack(attack, attacked, mine)
+            row |= _recovery(attacked, before, _base_reference(attack, reference), paired)
             rows.append(
                 row
                 | {
