@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .checks import check_choice, check_number
 from .data import collate, tokenize_records
-from .evaluate import RELEARN_SETS, RELEARN_STEPS, bootstrap_interval
+from .evaluate import RELEARN_SETS, RELEARN_STEPS, bootstrap_interval, check_step_counts
 from .objectives import ntp_loss
 from .train import IndexStream
 
@@ -132,15 +132,7 @@ def relearn_attack(
     seed: int = 0,  # the order of the relearn examples
 ) -> list[dict]:  # one row per step count: {'steps': n, **measure(attacked model)}
     "Fine-tune a copy of `model` on `records`; `measure` it after each of `step_counts` steps."
-    counts = list(step_counts)
-    if (
-        not counts
-        or counts != sorted(set(counts))
-        or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts)
-    ):
-        raise ValueError(
-            f"step_counts must be distinct whole numbers >= 0, ascending; got {counts}"
-        )
+    counts = check_step_counts("step_counts", step_counts)
     check_number("lr", lr, 0, low_open=True)
     check_number("batch_size", batch_size, 1, integer=True)
     examples = (

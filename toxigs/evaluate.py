@@ -54,7 +54,8 @@ __all__ = ['OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'SCORERS', 'TO
            'check_unseen_groups', 'toxicity_summary', 'split_wikitext_articles', 'load_utility_documents',
            'rolling_windows', 'word_perplexity', 'min_k_logprob', 'zlib_length', 'attack_auc', 'membership_auc',
            'membership_scores', 'membership_inference', 'read_run_config', 'evaluation_prompts', 'membership_sample',
-           'evaluate_run', 'check_evaluation_arguments', 'per_prompt_means', 'read_results', 'read_generations', 'main']
+           'evaluate_run', 'check_evaluation_arguments', 'check_step_counts', 'per_prompt_means', 'read_results',
+           'read_generations', 'main']
 
 # %% ../nbs/05_evaluate.ipynb #a2005c1b
 def context_length(model: torch.nn.Module) -> int | None:
@@ -900,10 +901,8 @@ def membership_sample(
 
 # %% ../nbs/05_evaluate.ipynb #e7e7e752
 ATTACKS = ("relearn", "quant8", "quant4")  # attacks by name; toxigs.attacks holds each one
-RELEARN_SETS = (
-    "heldout",
-    "other_groups",
-)  # relearn sets by name (`toxigs.attacks.relearn_records`)
+# relearn sets by name (`toxigs.attacks.relearn_records`)
+RELEARN_SETS = ("heldout", "other_groups")
 RELEARN_STEPS = (0, 10, 25, 50, 100)  # step counts at which the relearned model is re-measured
 RELEARN_LRS = (1e-5, 1e-4, 1e-3)  # the relearning attack's learning-rate grid
 
@@ -995,15 +994,27 @@ def check_evaluation_arguments(**settings):
     check_device(arguments["device"])
 
 
+def check_step_counts(
+    name: str,  # the argument, as the user types it
+    counts,  # step counts
+) -> list[int]:
+    "`counts` as a list, if they are distinct whole numbers >= 0, ascending; else a ValueError."
+    counts = list(counts)
+    if (
+        not counts
+        or counts != sorted(set(counts))
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts)
+    ):
+        raise ValueError(f"{name} must be distinct whole numbers >= 0, ascending; got {counts}")
+    return counts
+
+
 def _check_relearn_arguments(arguments: dict):
     check_choice("relearn_set", arguments["relearn_set"], RELEARN_SETS)
     check_number("relearn_k", arguments["relearn_k"], 1, integer=True)
     check_number("relearn_batch_size", arguments["relearn_batch_size"], 1, integer=True)
-    steps, lrs = list(arguments["relearn_steps"]), list(arguments["relearn_lrs"])
-    for n in steps:
-        check_number("relearn_steps", n, 0, integer=True)
-    if not steps or steps != sorted(set(steps)):
-        raise ValueError(f"relearn_steps must be distinct step counts, ascending; got {steps}")
+    check_step_counts("relearn_steps", arguments["relearn_steps"])
+    lrs = list(arguments["relearn_lrs"])
     if not lrs:
         raise ValueError("relearn_lrs is empty; give at least one learning rate")
     for lr in lrs:
@@ -1153,9 +1164,8 @@ def _evaluate(run_path: Path, config: dict, checkpoint_path: Path, settings) -> 
     report = summaries[primary]["scorer_report"]  # e.g. the groups a ToxiGen scorer was fitted on
     results = {
         "run": {"run_dir": str(run_path), "checkpoint": settings.checkpoint, **identity},
-        "toxicity": {k: v for k, v in summaries[primary].items() if k != "scorer_report"},
+        **_primary_toxicity(measured, primary),
         "toxicity_by_scorer": summaries,
-        "per_prompt_toxicity": per_prompt_means(measured["scores"][primary]),
         "perplexity": measured["perplexity"] | {"utility_text": source},
         "membership": measured["membership"],
         "settings": _settings_record(settings, primary, len(prompts), device, report),
@@ -1224,17 +1234,22 @@ class _Measurement:
     def attacked(self, model, clock, primary: str, **parts) -> dict:
         "What results.json keeps of an attacked model: toxicity (also per prompt), and the rest."
         measured = self.measure(model, clock, **parts)
-        summary = measured["summaries"][primary]
         kept = {k: v for k, v in measured.items() if k in ("perplexity", "membership")}
-        return {
-            "toxicity": {k: v for k, v in summary.items() if k != "scorer_report"},
-            "per_prompt_toxicity": per_prompt_means(measured["scores"][primary]),
-        } | kept
+        return _primary_toxicity(measured, primary) | kept
 
 
 def per_prompt_means(scores: list[list[float]]) -> list[float]:
     "The mean score of each prompt's continuations (what recovery intervals resample)."
     return [float(np.mean(row)) for row in scores]
+
+
+def _primary_toxicity(measured: dict, primary: str) -> dict:
+    "The primary scorer's toxicity summary (without its report) and its mean per prompt."
+    summary = measured["summaries"][primary]
+    return {
+        "toxicity": {k: v for k, v in summary.items() if k != "scorer_report"},
+        "per_prompt_toxicity": per_prompt_means(measured["scores"][primary]),
+    }
 
 
 def _attacks(
