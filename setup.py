@@ -44,6 +44,7 @@ setuptools.setup(
         "dev": split_requirements("dev_requirements"),
         "gemma": split_requirements("gemma_requirements"),
         "attacks": split_requirements("attacks_requirements"),
+        "utility": split_requirements("utility_requirements"),
     },
     entry_points={
         "console_scripts": split_requirements("console_scripts"),

@@ -3,6 +3,7 @@ equals an independently computed NLL, toxicity summaries match hand-computed val
 directory is evaluated end to end (library and papermill notebook)."""
 import json
 import math
+import re
 import subprocess
 import sys
 import urllib.error
@@ -63,7 +64,8 @@ def test_word_perplexity_equals_exp_of_independent_nll_over_words(trained):
     with torch.no_grad():  # one forward pass over the whole document, Hugging Face's own shifted loss
         mean_loss = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                           labels=torch.tensor([ids])).loss.item()
-    total_nll, n_words = mean_loss * (len(ids) - 1), len(document.split())
+    # words as lm-eval counts them: pieces between runs of whitespace (+1 at each whitespace end)
+    total_nll, n_words = mean_loss * (len(ids) - 1), len(re.split(r"\s+", document))
     result = word_perplexity(model, tokenizer, [document], max_length=256)
     assert result["n_words"] == n_words and result["n_tokens"] == len(ids) - 1
     assert math.log(result["word_perplexity"]) == pytest.approx(total_nll / n_words, rel=1e-5)
@@ -77,9 +79,9 @@ def test_rolling_windows_predict_each_token_once_with_the_window_context(trained
     ids = [tokenizer.eos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
     window = 12
     by_hand = 0.0
-    with torch.no_grad():  # each token from exactly the window - 1 tokens before it (fewer at the start)
+    with torch.no_grad():  # each token from exactly the window's tokens before it (fewer at the start)
         for position in range(1, len(ids)):
-            context = ids[max(0, position - window + 1):position]
+            context = ids[max(0, position - window):position]
             logits = model(input_ids=torch.tensor([context]), attention_mask=torch.ones(1, len(context), dtype=torch.long)).logits[0, -1]
             by_hand -= torch.log_softmax(logits, -1)[ids[position]].item()
     result = word_perplexity(model, tokenizer, [text], max_length=window, stride=1, batch_size=7)

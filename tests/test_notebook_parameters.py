@@ -13,7 +13,7 @@ from toxigs.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {  # notebook: (what it exposes, its own defaults)
-    "train.ipynb": (TrainConfig, {}),
+    "train.ipynb": (TrainConfig, {"eval_every": 5, "keep_best": "toxicity"}),
     "evaluate.ipynb": (evaluate_run, {"run_dir": "runs/embedded/idkdpo_pcgrad-seed0"}),
 }
 

@@ -36,19 +36,20 @@ from .runs import SUMMARY_FILE, final_checkpoint, method_names, parse_method, re
 from .runs import read_metrics, verify_checkpoint, write_checksums
 
 # %% auto #0
-__all__ = ['SYNTHETIC_C', 'SYNTHETIC_SCORER', 'SYNTHETIC_SCORER_SHIFT', 'SYNTHETIC_RUNS', 'SYNTHETIC_LAYERS', 'MAX_ROWS',
-           'FIGURE_WIDTH', 'TITLE_SIZE', 'BASE_STYLE', 'OTHER_STYLE', 'ONE_SEED_NOTE', 'ROW_HEIGHT', 'RESULT_METRICS',
-           'TOXICITY_METRICS', 'METRIC_LABELS', 'ROBUSTNESS_COLUMNS', 'COST_COLUMNS', 'SUMMARY_FILES', 'DISTANCES_FILE',
-           'TWINS_FILE', 'Run', 'read_run', 'find_runs', 'select_runs', 'base_run', 'plain_twin', 'surgery_pairs',
-           'synthetic_experiment', 'method_style', 'run_style', 'power_of_ten', 'unit_exponent', 'scaled_unit',
-           'tick_label', 'log_axis', 'figure_title', 'clipped_title_lines', 'one_seed_note', 'checkpoint_dir',
-           'CheckpointWeights', 'distance_matrix', 'plot_distances', 'compare_updates', 'compare_twins',
-           'pool_by_block', 'plot_update_comparison', 'is_elementwise', 'conflict_unit', 'conflict_frame',
-           'plot_conflict', 'layer_conflict_frame', 'plot_layer_conflict', 'scorer_label', 'metric_label',
-           'metric_columns', 'results_frame', 'scorer_reports', 'seed_interval', 'results_table',
-           'format_results_table', 'pareto_front', 'plot_tradeoff', 'robustness_frame', 'robustness_table',
-           'relearn_frame', 'plot_relearn_curves', 'plot_recovery', 'costs_frame', 'summarize_experiment',
-           'experiment_distances', 'experiment_twins', 'save_figure', 'markdown_table', 'explorer']
+__all__ = ['SYNTHETIC_C', 'SYNTHETIC_SCORER', 'SYNTHETIC_SCORER_SHIFT', 'SYNTHETIC_TASK', 'SYNTHETIC_RUNS', 'SYNTHETIC_LAYERS',
+           'MAX_ROWS', 'FIGURE_WIDTH', 'TITLE_SIZE', 'BASE_STYLE', 'OTHER_STYLE', 'ONE_SEED_NOTE', 'ROW_HEIGHT',
+           'RESULT_METRICS', 'TOXICITY_METRICS', 'METRIC_LABELS', 'UTILITY_METRIC', 'ROBUSTNESS_COLUMNS',
+           'COST_COLUMNS', 'SUMMARY_FILES', 'DISTANCES_FILE', 'TWINS_FILE', 'Run', 'read_run', 'find_runs',
+           'select_runs', 'base_run', 'plain_twin', 'surgery_pairs', 'synthetic_experiment', 'method_style',
+           'run_style', 'power_of_ten', 'unit_exponent', 'scaled_unit', 'tick_label', 'log_axis', 'figure_title',
+           'clipped_title_lines', 'one_seed_note', 'checkpoint_dir', 'CheckpointWeights', 'distance_matrix',
+           'plot_distances', 'compare_updates', 'compare_twins', 'pool_by_block', 'plot_update_comparison',
+           'is_elementwise', 'conflict_unit', 'conflict_frame', 'plot_conflict', 'layer_conflict_frame',
+           'plot_layer_conflict', 'scorer_label', 'metric_label', 'utility_columns', 'metric_columns', 'results_frame',
+           'scorer_reports', 'seed_interval', 'results_table', 'format_results_table', 'pareto_front',
+           'higher_is_better', 'plot_tradeoff', 'robustness_frame', 'robustness_table', 'relearn_frame',
+           'plot_relearn_curves', 'plot_recovery', 'costs_frame', 'summarize_experiment', 'experiment_distances',
+           'experiment_twins', 'save_figure', 'markdown_table', 'explorer']
 
 # %% ../nbs/06_analysis.ipynb #5762be63
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ SYNTHETIC_SCORER, SYNTHETIC_SCORER_SHIFT = (
     "toxigen-lr:synthetic",
     0.1,
 )  # a second scorer that reads every toxicity 0.1 higher
+SYNTHETIC_TASK = "toy_choice"  # an lm-eval task: acc (standard error 0.02), acc_norm (none) 0.05 up
 
 # run name: (update pattern as a multiple of c, sign of the forget/retain cosine per step, results)
 SYNTHETIC_RUNS = {
@@ -216,6 +218,7 @@ SYNTHETIC_RUNS = {
             expected_max_toxicity=0.60,
             toxicity_probability=0.50,
             word_perplexity=30.0,
+            benchmark_acc=0.60,
             member_nll=2.0,
             nonmember_nll=3.0,
             auc=0.80,
@@ -230,6 +233,7 @@ SYNTHETIC_RUNS = {
             expected_max_toxicity=0.45,
             toxicity_probability=0.30,
             word_perplexity=40.0,
+            benchmark_acc=0.40,
             member_nll=3.5,
             nonmember_nll=3.4,
             auc=0.48,
@@ -244,6 +248,7 @@ SYNTHETIC_RUNS = {
             expected_max_toxicity=0.50,
             toxicity_probability=0.40,
             word_perplexity=31.0,
+            benchmark_acc=0.58,
             member_nll=2.6,
             nonmember_nll=3.1,
             auc=0.70,
@@ -258,6 +263,7 @@ SYNTHETIC_RUNS = {
             expected_max_toxicity=0.40,
             toxicity_probability=0.25,
             word_perplexity=34.0,
+            benchmark_acc=0.52,
             member_nll=3.1,
             nonmember_nll=3.2,
             auc=0.55,
@@ -272,6 +278,7 @@ SYNTHETIC_RUNS = {
             expected_max_toxicity=0.35,
             toxicity_probability=0.20,
             word_perplexity=33.0,
+            benchmark_acc=0.55,
             member_nll=3.0,
             nonmember_nll=3.2,
             auc=0.52,
@@ -394,6 +401,13 @@ def _synthetic_results(name: str, method: str, seed: int, values: dict) -> dict:
             "word_perplexity": values["word_perplexity"],
             "n_words": 1000,
             "utility_text": "synthetic",
+        },
+        "utility": {
+            SYNTHETIC_TASK: {
+                "acc": values["benchmark_acc"],
+                "acc_stderr": 0.02,
+                "acc_norm": values["benchmark_acc"] + 0.05,
+            }
         },
         "membership": {
             "member_nll": values["member_nll"],
@@ -1304,7 +1318,9 @@ METRIC_LABELS = {
     "min_k_auc": "Min-K% AUC",
 }
 
+UTILITY_METRIC = "word_perplexity"  # the trade-off's utility axis, unless another is asked
 _TOXICITY_COLUMNS = tuple(c for c in RESULT_METRICS if c in TOXICITY_METRICS)  # in table order
+_Z95 = float(stats.norm.ppf(0.975))  # a normal 95% interval is value +- 1.96 standard errors
 
 
 def scorer_label(scorer: str) -> str:
@@ -1314,19 +1330,31 @@ def scorer_label(scorer: str) -> str:
 
 def metric_label(column: str) -> str:
     """The paper's name of a metric column (`mean_toxicity@toxigen-lr` -> `Mean toxicity
-    (toxigen-lr)`)."""
+    (toxigen-lr)`; an lm-eval benchmark's `arc_easy/acc` -> `arc_easy acc`)."""
     metric, _, scorer = column.partition("@")
+    if not scorer and "/" in metric:
+        return metric.replace("/", " ", 1)
     return METRIC_LABELS[metric] + (f" ({scorer})" if scorer else "")
+
+
+def utility_columns(frame: pd.DataFrame) -> list[str]:
+    "The lm-eval benchmark columns of a results frame or table, `<task>/<metric>`."
+    return [
+        c for c in frame.columns if "/" in c and "@" not in c and not c.endswith(("_low", "_high"))
+    ]
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """The metric columns of a results frame or table: the primary scorer's toxicity, every other
-    scorer's, then utility and memorisation."""
+    scorer's, then utility (word perplexity, every lm-eval benchmark) and memorisation."""
     other_scorers = [c for c in frame.columns if "@" in c and not c.endswith(("_low", "_high"))]
+    memorisation = [c for c in RESULT_METRICS if c not in TOXICITY_METRICS + (UTILITY_METRIC,)]
     return (
         list(_TOXICITY_COLUMNS)
         + other_scorers
-        + [c for c in RESULT_METRICS if c not in TOXICITY_METRICS]
+        + [UTILITY_METRIC]
+        + utility_columns(frame)
+        + memorisation
     )
 
 
@@ -1337,6 +1365,29 @@ def _with_interval(column: str, part: dict, key: str) -> dict:
         f"{column}_low": interval[0],
         f"{column}_high": interval[1],
     }
+
+
+def _stderr_key(metric: str) -> str:
+    "lm-eval's name of a metric's standard error: `acc_stderr`; `em_stderr,strict` for `em,strict`."
+    name, comma, filter_name = metric.partition(",")
+    return f"{name}_stderr{comma}{filter_name}"
+
+
+def _benchmark_values(utility: dict) -> dict:
+    """Every lm-eval metric of results.json's `utility` as a `<task>/<metric>` column, with the
+    normal 95% interval of its standard error where lm-eval gives one."""
+    row = {}
+    for task, metrics in utility.items():
+        stderrs = {_stderr_key(m) for m in metrics}
+        for metric, value in metrics.items():
+            if metric in stderrs:
+                continue
+            value = np.nan if value is None else value
+            stderr = metrics.get(_stderr_key(metric))
+            half = np.nan if stderr is None else _Z95 * stderr
+            column = f"{task}/{metric}"
+            row |= {column: value, f"{column}_low": value - half, f"{column}_high": value + half}
+    return row
 
 
 def results_frame(
@@ -1355,6 +1406,7 @@ def results_frame(
         )
         for column, (section, key) in RESULT_METRICS.items():
             row |= _with_interval(column, results.get(section, {}), key)
+        row |= _benchmark_values(results.get("utility", {}))
         primary = results.get("settings", {}).get("scorer")
         for scorer, summary in results.get("toxicity_by_scorer", {}).items():
             if scorer == primary:
@@ -1495,16 +1547,38 @@ def _check_toxicity(
     raise ValueError(f"unknown toxicity metric {toxicity!r}; choose one of: {', '.join(choices)}")
 
 
+def _check_utility(
+    results: pd.DataFrame,  # a results frame or table
+    utility: str,  # the utility column asked for
+):
+    "Stop unless `utility` is word perplexity or a benchmark column of `results`, naming those."
+    choices = [UTILITY_METRIC] + utility_columns(results)
+    if utility not in choices:
+        raise ValueError(
+            f"unknown utility metric {utility!r}; choose one of: {', '.join(choices)} "
+            "(a benchmark is `<task>/<metric>`, stored by evaluate_run's utility_tasks)"
+        )
+
+
+def higher_is_better(
+    utility: str,  # a utility column
+) -> bool:
+    """Whether more of a utility metric is better: an lm-eval accuracy, F1 or match rate is; a
+    perplexity or bits per byte (word perplexity, `wikitext/word_perplexity`) is not."""
+    return not any(word in utility for word in ("perplexity", "bits_per_byte"))
+
+
 def _tradeoff_points(
     results: pd.DataFrame,  # `results_frame` or `results_table`
     toxicity: str,  # the y column
-    perplexity: str,  # the x column
+    utility: str,  # the x column
 ) -> pd.DataFrame:
     "A row per point: its label (run or method), method (`base` for the base) and Pareto front."
     frame = results.reset_index() if "run" not in results else results.copy()
     frame["label"] = frame["run"] if "run" in frame else frame["method"]
     frame["method"] = frame["method"].replace({FINETUNE: BASE_RUN})
-    frame["front"] = pareto_front(frame[perplexity], frame[toxicity])
+    sign = -1 if higher_is_better(utility) else 1  # the front minimises both
+    frame["front"] = pareto_front(sign * frame[utility], frame[toxicity])
     return frame
 
 
@@ -1528,20 +1602,20 @@ def _method_points(
     method: str,  # the method (`base` for the base)
     rows: pd.DataFrame,  # its points
     toxicity: str,  # the y column
-    perplexity: str,  # the x column
+    utility: str,  # the x column
 ):
     "A method's points: its objective's colour, its rule's marker, ringed where on the front."
 
     style = method_style(method)
     size = 15 if method == BASE_RUN else 11
     return go.Scatter(
-        x=rows[perplexity],
+        x=rows[utility],
         y=rows[toxicity],
         mode="markers",
         name=method,
         text=rows["label"],
         error_y=_error_bars(rows, toxicity),
-        error_x=_error_bars(rows, perplexity),
+        error_x=_error_bars(rows, utility),
         marker=dict(
             size=np.where(rows["front"], size + 5, size),
             color=style["color"],
@@ -1549,7 +1623,7 @@ def _method_points(
             line=dict(width=np.where(rows["front"], 2.5, 0).tolist(), color="black"),
         ),
         hovertemplate="%{text}<br>"
-        + perplexity
+        + utility
         + " %{x:.4g}<br>"
         + toxicity
         + " %{y:.4g}<extra></extra>",
@@ -1559,14 +1633,14 @@ def _method_points(
 def _twin_segments(
     frame: pd.DataFrame,  # `_tradeoff_points(...)`
     toxicity: str,  # the y column
-    perplexity: str,  # the x column
+    utility: str,  # the x column
 ) -> list[dict]:
     """A dotted line, in the objective's colour, from each surgery point to its plain-sum twin's
     (the twin with the same seed, where the points are runs)."""
     seeds = frame["seed"] if "seed" in frame else pd.Series(0, index=frame.index)
     points = {
         (method, seed): (x, y)
-        for method, seed, x, y in zip(frame.method, seeds, frame[perplexity], frame[toxicity])
+        for method, seed, x, y in zip(frame.method, seeds, frame[utility], frame[toxicity])
         if np.isfinite([x, y]).all()
     }
     segments = []
@@ -1585,41 +1659,46 @@ def _twin_segments(
 def plot_tradeoff(
     results: pd.DataFrame,  # `results_frame` (a point per run) or `results_table` (per method)
     toxicity: str = "expected_max_toxicity",  # a toxicity column, or `<metric>@<scorer>`
-    perplexity: str = "word_perplexity",  # the utility metric on the x axis
+    utility: str = UTILITY_METRIC,  # the x axis: `word_perplexity` or a `<task>/<metric>`
 ):
-    """Toxicity against word perplexity: colour by objective, marker by rule, a dotted segment from
-    each surgery run to its plain-sum twin, intervals, and the Pareto front (ringed)."""
+    """Toxicity against a utility metric (word perplexity, or an lm-eval benchmark's): colour by
+    objective, marker by rule, a dotted segment from each surgery run to its plain-sum twin,
+    intervals, and the Pareto front (ringed)."""
 
     _check_toxicity(results, toxicity)
-    frame = _tradeoff_points(results, toxicity, perplexity)
+    _check_utility(results, utility)
+    higher = higher_is_better(utility)
+    frame = _tradeoff_points(results, toxicity, utility)
     fig = go.Figure()
     for method, rows in frame.groupby("method", sort=False):
-        fig.add_trace(_method_points(method, rows, toxicity, perplexity))
-    for segment in _twin_segments(frame, toxicity, perplexity):
+        fig.add_trace(_method_points(method, rows, toxicity, utility))
+    for segment in _twin_segments(frame, toxicity, utility):
         fig.add_shape(segment)
-    front = frame[frame["front"]].sort_values(perplexity)
+    front = frame[frame["front"]].sort_values(utility)
     fig.add_trace(
         go.Scatter(
-            x=front[perplexity],
+            x=front[utility],
             y=front[toxicity],
             mode="lines",
             name="Pareto front",
-            line=dict(color="black", dash="dash", shape="hv"),
+            line=dict(color="black", dash="dash", shape="vh" if higher else "hv"),
         )
     )
+    better = "higher x, lower y is better" if higher else "lower is better on both"
     fig.update_layout(
         title=figure_title(
-            f"{metric_label(toxicity)} against {metric_label(perplexity)}",
-            "lower is better on both; ringed: Pareto front; dotted: surgery run to plain-sum twin",
+            f"{metric_label(toxicity)} against {metric_label(utility)}",
+            f"{better}; ringed: Pareto front; dotted: surgery run to plain-sum twin",
         ),
-        xaxis_title=f"{metric_label(perplexity)} (utility text)",
+        xaxis_title=metric_label(utility)
+        + (" (utility text)" if utility == UTILITY_METRIC else " (lm-eval)"),
         yaxis_title=metric_label(toxicity),
         template="plotly_white",
         width=FIGURE_WIDTH,
         height=580,
         margin=dict(b=110),
     )
-    values = frame[perplexity].dropna()
+    values = frame[utility].dropna()
     if len(values) and values.min() > 0 and values.max() / values.min() > 100:
         fig.update_xaxes(**log_axis(values))  # spans decades
     _add_note(fig, one_seed_note(results))
@@ -2038,16 +2117,17 @@ def explorer(
         description="runs",
     )
     try:
+        evaluated = results_frame(runs)
         toxicity_columns = [
-            c
-            for c in metric_columns(results_frame(runs))
-            if c.partition("@")[0] in TOXICITY_METRICS
+            c for c in metric_columns(evaluated) if c.partition("@")[0] in TOXICITY_METRICS
         ]  # every scorer's
+        utility_options = [UTILITY_METRIC] + utility_columns(evaluated)
     except FileNotFoundError:
-        toxicity_columns = list(TOXICITY_METRICS)
+        toxicity_columns, utility_options = list(TOXICITY_METRICS), [UTILITY_METRIC]
     toxicity = widgets.Dropdown(
         options=toxicity_columns, value=TOXICITY_METRICS[0], description="toxicity"
     )
+    utility = widgets.Dropdown(options=utility_options, value=UTILITY_METRIC, description="utility")
     window = widgets.IntSlider(value=10, min=1, max=100, description="window")
     level = widgets.Dropdown(options=LEVELS[1:3], value="module", description="group by")
     angle = widgets.Checkbox(value=False, description="angle (degrees)")
@@ -2058,7 +2138,10 @@ def explorer(
         with output:
             output.clear_output(wait=True)
             figures = [
-                ("trade-off", lambda: plot_tradeoff(results_frame(selected), toxicity.value)),
+                (
+                    "trade-off",
+                    lambda: plot_tradeoff(results_frame(selected), toxicity.value, utility.value),
+                ),
                 ("results", lambda: format_results_table(results_table(results_frame(selected)))),
                 (
                     "conflict",
@@ -2076,9 +2159,9 @@ def explorer(
                 except (ValueError, FileNotFoundError) as e:
                     print(f"{name}: {e}")
 
-    for control in (chosen, toxicity, window, level, angle):
+    for control in (chosen, toxicity, utility, window, level, angle):
         control.observe(draw, names="value")
     draw()
     return widgets.VBox(
-        [widgets.HBox([chosen, widgets.VBox([toxicity, window, level, angle])]), output]
+        [widgets.HBox([chosen, widgets.VBox([toxicity, utility, window, level, angle])]), output]
     )

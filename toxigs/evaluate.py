@@ -45,6 +45,7 @@ from .runs import BASE_RUN, CONFIG_FILE, FINETUNE, GENERATIONS_FILE, RESULTS_FIL
 from .runs import checkpoints_dir, final_checkpoint
 from .runs import library_versions, read_json, read_jsonl, verify_checkpoint
 from .runs import write_json_atomic, write_text_atomic
+from .utility import check_include_path, check_utility_tasks, utility_benchmarks
 
 # %% auto #0
 __all__ = ['OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'SCORERS', 'TOXIGEN_HELD_OUT', 'ATTACKS', 'RELEARN_SETS',
@@ -52,10 +53,10 @@ __all__ = ['OFFLINE_SCORER', 'TOXIGEN_SCORER', 'DETOXIFY_MODELS', 'SCORERS', 'TO
            'generate_continuations', 'Scorer', 'profanity_check_scorer', 'UnsafeCheckpointError', 'detoxify_scorer',
            'ScorerKind', 'load_scorer', 'toxigen_statements', 'fit_toxigen_scorer', 'toxigen_scorer',
            'check_unseen_groups', 'toxicity_summary', 'split_wikitext_articles', 'load_utility_documents',
-           'rolling_windows', 'word_perplexity', 'min_k_logprob', 'zlib_length', 'attack_auc', 'membership_auc',
-           'membership_scores', 'membership_inference', 'read_run_config', 'evaluation_prompts', 'membership_sample',
-           'evaluate_run', 'check_evaluation_arguments', 'check_step_counts', 'per_prompt_means', 'read_results',
-           'read_generations', 'main']
+           'rolling_windows', 'count_words', 'word_perplexity', 'min_k_logprob', 'zlib_length', 'attack_auc',
+           'membership_auc', 'membership_scores', 'membership_inference', 'read_run_config', 'evaluation_prompts',
+           'membership_sample', 'evaluate_run', 'check_evaluation_arguments', 'check_step_counts', 'per_prompt_means',
+           'read_results', 'read_generations', 'main']
 
 # %% ../nbs/05_evaluate.ipynb #a2005c1b
 def context_length(model: torch.nn.Module) -> int | None:
@@ -615,34 +616,39 @@ def load_utility_documents(
 # %% ../nbs/05_evaluate.ipynb #adb14634
 def rolling_windows(
     token_ids: Sequence[int],  # the document's tokens, starting with the end-of-text token x_0
-    max_length: int,  # tokens fed to the model per window
-    stride: int,  # new tokens predicted per window after the first (capped at max_length - 1)
+    max_length: int,  # tokens fed to the model per window (a window holds one more)
+    stride: int,  # new tokens predicted per window after the first (capped at max_length)
     bos: int | None = None,  # a token that starts every later window (context only)
 ) -> list[dict]:
     """Windows `{input_ids, labels}` that predict every token but the first exactly once (labels
-    -100 on context)."""
-    if max_length < 2 + (bos is not None) or stride < 1:
+    -100 on context); the model is fed each window but its last token."""
+    context = [] if bos is None else [bos]
+    if max_length < 1 + len(context) or stride < 1:
         raise ValueError(
-            f"max_length must be at least {2 + (bos is not None)} and stride at least 1, got "
+            f"max_length must be at least {1 + len(context)} and stride at least 1, got "
             f"{max_length} and {stride}"
         )
-    if bos is not None:
-        windows = rolling_windows(token_ids, max_length - 1, stride)
-        return windows[:1] + [
-            {"input_ids": [bos] + w["input_ids"], "labels": [IGNORE_INDEX] + w["labels"]}
-            for w in windows[1:]
-        ]
     token_ids, last = list(token_ids), len(token_ids) - 1
-    windows, predicted, end = [], 0, min(last, max_length - 1)
+    room = max_length - len(context)  # document tokens fed in each later window
+    windows, predicted, start, end = [], 0, 0, min(last, max_length)
     while predicted < last:
-        start = max(0, end - max_length + 1)
-        input_ids = token_ids[start : end + 1]
-        labels = [
-            token if start + i > predicted else IGNORE_INDEX for i, token in enumerate(input_ids)
-        ]
-        windows.append({"input_ids": input_ids, "labels": labels})
-        predicted, end = end, min(last, end + min(stride, max_length - 1))
+        held = token_ids[start : end + 1]
+        labels = [token if start + i > predicted else IGNORE_INDEX for i, token in enumerate(held)]
+        prefix = context if windows else []  # the first window starts with x_0 itself
+        windows.append(
+            {"input_ids": prefix + held, "labels": [IGNORE_INDEX] * len(prefix) + labels}
+        )
+        predicted, end = end, min(last, end + min(stride, room))
+        start = end - room
     return windows
+
+# %% ../nbs/05_evaluate.ipynb #657f1c52
+def count_words(
+    text: str,  # a document
+) -> int:
+    """Words as lm-eval counts them for word perplexity: the pieces of a split at each run of
+    whitespace (one more at an end that is whitespace)."""
+    return len(re.split(r"\s+", text))
 
 # %% ../nbs/05_evaluate.ipynb #f4f0a628
 @torch.no_grad()
@@ -650,8 +656,8 @@ def word_perplexity(
     model: torch.nn.Module,  # a causal LM (its device is used)
     tokenizer,  # its tokenizer
     documents: Sequence[str],  # texts, each scored on its own
-    max_length: int = 1024,  # tokens per window (capped at the model's context length)
-    stride: int = 1024,  # new tokens predicted per window after the first
+    max_length: int = 1024,  # tokens fed per window (capped at the model's context length)
+    stride: int = 1024,  # new tokens predicted per window after the first (at most max_length)
     batch_size: int = 8,  # windows per forward pass
 ) -> dict:
     """Word and token perplexity and bits per byte of `documents`, each scored with rolling windows
@@ -688,11 +694,11 @@ def word_perplexity(
                 windows[start : start + batch_size], tokenizer.pad_token_id or 0
             ).items()
         }
-        logprobs, counts = completion_logprobs(model, batch)
+        logprobs, counts = completion_logprobs(model, batch, feed_last=False)
         total_nll -= logprobs.double().sum().item()
         n_tokens += int(counts.sum())
     model.train(was_training)
-    n_words = sum(len(d.split()) for d in documents)
+    n_words = sum(count_words(d) for d in documents)
     n_bytes = sum(len(d.encode("utf-8")) for d in documents)
     return {
         "word_perplexity": math.exp(total_nll / n_words),
@@ -704,7 +710,7 @@ def word_perplexity(
         "n_bytes": n_bytes,
         "n_documents": len(documents),
         "max_length": max_length,
-        "stride": min(stride, max_length - 1),
+        "stride": min(stride, max_length - (bos is not None)),  # that of the later windows
         "bos_every_window": bos is not None,
     }
 
@@ -924,6 +930,10 @@ def evaluate_run(
     stride: int = 1024,  # new tokens predicted per perplexity window
     utility_text: str = "auto",  # `auto`, `embedded`, `wikitext` or a local WikiText-layout file
     max_documents: int | None = None,  # utility documents kept (None: all)
+    utility_tasks: Sequence[str] = (),  # lm-eval task names, e.g. `arc_easy` (`toxigs.utility`)
+    utility_include_path: str | None = None,  # a folder of lm-eval task YAMLs (local tasks)
+    utility_limit: int | None = None,  # examples per utility task (None: all)
+    utility_batch_size: int = 8,  # requests per forward pass of the utility benchmarks
     n_membership: int | None = None,  # members and non-members kept, each (None: all)
     prompt_groups: Sequence[str] | None = None,  # prompts of these groups only (None: all)
     extra_scorers: Sequence[str] = (),  # more scorers of the same continuations
@@ -934,7 +944,7 @@ def evaluate_run(
     relearn_k: int = 5,  # continuations per prompt when re-measuring a relearned model
     relearn_batch_size: int = 8,  # relearn examples per step
     device: str = "auto",  # `auto`, `cpu`, `cuda`, ...
-    checkpoint: str = "final",  # the folder under checkpoints/ to evaluate
+    checkpoint: str = "final",  # the folder under checkpoints/: final, or best (keep_best)
     verbose: bool = True,  # print each stage's time
 ) -> dict:
     """Toxicity, word perplexity and membership inference of a run's checkpoint; writes results.json
@@ -968,13 +978,14 @@ def check_evaluation_arguments(**settings):
         "nll_batch_size",
         "ppl_batch_size",
         "stride",
+        "utility_batch_size",
     ):
         check_number(name, arguments[name], 1, integer=True)
     check_number("max_length", arguments["max_length"], 3, integer=True)
     check_number("top_p", arguments["top_p"], 0, 1, low_open=True)
     check_number("temperature", arguments["temperature"], 0, hint="0 is greedy decoding")
     check_number("seed", arguments["seed"], 0, integer=True)
-    for name in ("n_prompts", "max_documents", "n_membership"):
+    for name in ("n_prompts", "max_documents", "n_membership", "utility_limit"):
         check_number(name, arguments[name], 1, integer=True, none_ok=True, hint="None keeps all")
     check_names("prompt_groups", arguments["prompt_groups"], none_ok=True)
     check_names("extra_scorers", arguments["extra_scorers"])
@@ -992,6 +1003,9 @@ def check_evaluation_arguments(**settings):
     if not isinstance(arguments["verbose"], bool):
         raise ValueError(f"verbose must be True or False, got {arguments['verbose']!r}")
     check_device(arguments["device"])
+    check_include_path(arguments["utility_include_path"])
+    if check_names("utility_tasks", arguments["utility_tasks"]):  # known to lm-eval, before any run
+        check_utility_tasks(arguments["utility_tasks"], arguments["utility_include_path"])
 
 
 def check_step_counts(
@@ -1084,8 +1098,11 @@ def _utility_source(utility_text: str, data: str) -> str:
     return "embedded" if data == "embedded" else "wikitext"
 
 
-def _settings_record(settings, primary: str, n_prompts: int, device, report) -> dict:
-    "What `results.json` records of how the run was evaluated."
+def _settings_record(
+    settings, primary: str, n_prompts: int, device, report, utility: dict | None
+) -> dict:
+    """What `results.json` records of how the run was evaluated (with the utility benchmarks:
+    what lm-eval ran, its metrics aside)."""
     kept = (
         "k",
         "max_new_tokens",
@@ -1106,6 +1123,7 @@ def _settings_record(settings, primary: str, n_prompts: int, device, report) -> 
             "device": str(device),
             "scorer_report": report,
         }
+        | ({"utility": {k: v for k, v in utility.items() if k != "metrics"}} if utility else {})
     )
 
 
@@ -1159,6 +1177,7 @@ def _evaluate(run_path: Path, config: dict, checkpoint_path: Path, settings) -> 
         settings,
     )
     measured = task.measure(model, clock)
+    utility = _utility(model, tokenizer, settings, clock)
     identity = {key: config.get(key) for key in ("method", "model", "data", "seed", "data_seed")}
     summaries = measured["summaries"]
     report = summaries[primary]["scorer_report"]  # e.g. the groups a ToxiGen scorer was fitted on
@@ -1167,8 +1186,9 @@ def _evaluate(run_path: Path, config: dict, checkpoint_path: Path, settings) -> 
         **_primary_toxicity(measured, primary),
         "toxicity_by_scorer": summaries,
         "perplexity": measured["perplexity"] | {"utility_text": source},
+        **({"utility": utility["metrics"]} if utility else {}),
         "membership": measured["membership"],
-        "settings": _settings_record(settings, primary, len(prompts), device, report),
+        "settings": _settings_record(settings, primary, len(prompts), device, report, utility),
         "timing_s": clock.timing,
         "versions": library_versions(),
     }
@@ -1180,6 +1200,23 @@ def _evaluate(run_path: Path, config: dict, checkpoint_path: Path, settings) -> 
     write_text_atomic(run_path / GENERATIONS_FILE, "\n".join(lines) + "\n")
     write_json_atomic(run_path / RESULTS_FILE, results)
     return results
+
+
+def _utility(model, tokenizer, settings, clock) -> dict | None:
+    "The lm-eval benchmarks asked (`toxigs.utility.utility_benchmarks`), or None."
+    if not settings.utility_tasks:
+        return None
+    utility = utility_benchmarks(
+        model,
+        tokenizer,
+        settings.utility_tasks,
+        batch_size=settings.utility_batch_size,
+        limit=settings.utility_limit,
+        include_path=settings.utility_include_path,
+        seed=settings.seed,
+    )
+    clock.lap("utility")
+    return utility
 
 
 @dataclass

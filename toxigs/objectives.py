@@ -43,19 +43,22 @@ def _accepts(model: torch.nn.Module, argument: str) -> bool:
 def completion_token_logprobs(
     model: torch.nn.Module,  # a causal LM returning `.logits`
     batch: dict[str, torch.Tensor],  # `input_ids`, `attention_mask`, `labels` (-100 = not counted)
+    feed_last: bool = True,  # False: the last column is only a target, never fed to the model
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of each completion token (0 elsewhere) and the mask of counted positions,
     over the last columns that predict one."""
-    targets = F.pad(
-        batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX
-    )  # position t predicts token t + 1; the last, nothing
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+    if feed_last:
+        targets = F.pad(targets, (0, 1), value=IGNORE_INDEX)  # the last position, nothing
     counted = targets != IGNORE_INDEX
     keep = targets.shape[1] - int(
         counted.any(0).int().argmax()
     )  # from the first column that predicts a counted token
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if not feed_last:
+        inputs = {name: columns[:, :-1] for name, columns in inputs.items()}
     if _accepts(model, "position_ids"):
-        inputs["position_ids"] = position_ids(batch["attention_mask"])
+        inputs["position_ids"] = position_ids(inputs["attention_mask"])
     if _accepts(model, "logits_to_keep"):
         inputs["logits_to_keep"] = keep
     logits = model(**inputs).logits[:, -keep:]
@@ -63,15 +66,18 @@ def completion_token_logprobs(
     token_logprobs = -F.cross_entropy(
         logits.flatten(0, 1).float(), targets.flatten().clamp_min(0), reduction="none"
     ).view(targets.shape)
+    if not feed_last:
+        return token_logprobs * counted, counted
     return (token_logprobs * counted)[:, :-1], counted[:, :-1]
 
 
 def completion_logprobs(
     model: torch.nn.Module,  # a causal LM returning `.logits`
     batch: dict[str, torch.Tensor],  # `input_ids`, `attention_mask`, `labels` (-100 = not counted)
+    feed_last: bool = True,  # False: the last column is only a target, never fed to the model
 ) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-example summed log-probability of the completion tokens, and their count."
-    token_logprobs, counted = completion_token_logprobs(model, batch)
+    token_logprobs, counted = completion_token_logprobs(model, batch, feed_last)
     return token_logprobs.sum(dim=1), counted.sum(dim=1)
 
 

@@ -26,13 +26,13 @@ except ImportError:
     fcntl = None  # Windows: no advisory locks; runs are then not locked
 
 # %% auto #0
-__all__ = ['FINETUNE', 'BASE_RUN', 'CONFIG_FILE', 'METRICS_FILE', 'STATE_FILE', 'TRAINER_FILE', 'CHECKSUMS_FILE', 'SUMMARY_FILE',
-           'RESULTS_FILE', 'GENERATIONS_FILE', 'LOCK_FILE', 'method_names', 'parse_method', 'run_name',
-           'checkpoints_dir', 'final_checkpoint', 'step_checkpoint', 'is_finished', 'checkpoint_steps',
-           'write_bytes_atomic', 'write_text_atomic', 'write_json_atomic', 'write_jsonl_atomic', 'append_jsonl',
-           'sync_file', 'replace_directory', 'RunFileError', 'read_json', 'read_jsonl', 'read_metrics',
-           'CheckpointError', 'file_sha256', 'write_checksums', 'verify_checkpoint', 'is_intact', 'resume_checkpoint',
-           'RunLockedError', 'RunLock', 'library_versions']
+__all__ = ['FINETUNE', 'BASE_RUN', 'CONFIG_FILE', 'METRICS_FILE', 'EVALUATIONS_FILE', 'STATE_FILE', 'TRAINER_FILE',
+           'CHECKSUMS_FILE', 'SUMMARY_FILE', 'RESULTS_FILE', 'GENERATIONS_FILE', 'LOCK_FILE', 'method_names',
+           'parse_method', 'run_name', 'checkpoints_dir', 'final_checkpoint', 'best_checkpoint', 'step_checkpoint',
+           'is_finished', 'checkpoint_steps', 'write_bytes_atomic', 'write_text_atomic', 'write_json_atomic',
+           'write_jsonl_atomic', 'append_jsonl', 'sync_file', 'replace_directory', 'RunFileError', 'read_json',
+           'read_jsonl', 'read_metrics', 'read_evaluations', 'CheckpointError', 'file_sha256', 'write_checksums',
+           'verify_checkpoint', 'is_intact', 'resume_checkpoint', 'RunLockedError', 'RunLock', 'library_versions']
 
 # %% ../nbs/02a_runs.ipynb #de2c3001
 FINETUNE = "finetune"  # the method that trains the base model
@@ -75,6 +75,7 @@ def run_name(
 # %% ../nbs/02a_runs.ipynb #efe4e979
 CONFIG_FILE = "config.json"  # every resolved parameter of the run
 METRICS_FILE = "metrics.jsonl"  # one JSON object per optimizer step
+EVALUATIONS_FILE = "evaluations.jsonl"  # one JSON object per evaluation during training
 STATE_FILE = "state.json"  # a checkpoint's step and data order
 TRAINER_FILE = "trainer.pt"  # a step checkpoint's optimizer, scheduler and RNG state
 CHECKSUMS_FILE = "checksums.json"  # SHA-256 and size of every file of a checkpoint
@@ -90,6 +91,11 @@ def checkpoints_dir(run_path: str | Path) -> Path:
 
 def final_checkpoint(run_path: str | Path) -> Path:
     return checkpoints_dir(run_path) / "final"
+
+
+def best_checkpoint(run_path: str | Path) -> Path:
+    "The checkpoint `keep_best` keeps: the best evaluation during training."
+    return checkpoints_dir(run_path) / "best"
 
 
 def step_checkpoint(run_path: str | Path, step: int) -> Path:
@@ -249,6 +255,11 @@ def read_jsonl(
 def read_metrics(run_path: str | Path) -> list[dict]:
     "The per-step metrics of a run (a torn last line, from a crash mid-write, is dropped)."
     return read_jsonl(Path(run_path) / METRICS_FILE)
+
+
+def read_evaluations(run_path: str | Path) -> list[dict]:
+    "The evaluations during training of a run (`eval_every`), in step order; none if it had none."
+    return read_jsonl(Path(run_path) / EVALUATIONS_FILE)
 
 # %% ../nbs/02a_runs.ipynb #54faf7f3
 class CheckpointError(RunFileError):

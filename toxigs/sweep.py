@@ -94,11 +94,14 @@ def render_comparison(
     return out
 
 
-def _evaluated(path: Path, attacks) -> bool:
-    "The run has results.json with every attack asked (else it is evaluated again, attacks too)."
+def _evaluated(path: Path, attacks=(), utility_tasks=()) -> bool:
+    """The run has results.json with every attack and utility task asked (else it is evaluated
+    again, attacks and utility benchmarks too)."""
     if not (path / RESULTS_FILE).exists():
         return False
-    return set(attacks) <= set(read_results(path).get("attacks", {}))
+    results = read_results(path)
+    ran = results.get("settings", {}).get("utility", {}).get("tasks", [])
+    return set(attacks) <= set(results.get("attacks", {})) and set(utility_tasks) <= set(ran)
 
 
 def sweep(
@@ -115,7 +118,7 @@ def sweep(
         runs.append(run(config, progress=False))
         print(f"{config.path}: trained")
     for path in runs:
-        if _evaluated(path, evaluation.get("attacks", ())):
+        if _evaluated(path, evaluation.get("attacks", ()), evaluation.get("utility_tasks", ())):
             print(f"{path}: already evaluated")
             continue
         results = evaluate_run(path, verbose=False, **evaluation)

@@ -32,14 +32,17 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .checks import check_choice, check_field_types, check_number, run_command
 from .data import collate, collate_pairs, load_records, make_preference_pairs, split_records
-from .data import tokenize_pairs, tokenize_records
+from .data import Splits, tokenize_pairs, tokenize_records
 from .distributed import Processes, check_device, check_strategy, init_processes, launch
 from .distributed import local_shards, local_tensor, shard_model, whole_tensors
 from .models import load_model, load_tokenizer, module_group
+from .monitor import BEST_CRITERIA, TrainingEvaluation, best_evaluation, check_eval_scorer
+from .monitor import training_evaluation
 from .parameters import add_parameter_flags
 from .objectives import Objective, completion_token_count, ntp_loss
 from .runs import CONFIG_FILE, FINETUNE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, TRAINER_FILE
 from .runs import RunLock, append_jsonl, checkpoint_steps, final_checkpoint, is_finished
+from .runs import EVALUATIONS_FILE, best_checkpoint, read_evaluations
 from .runs import library_versions, parse_method, read_json, read_metrics, replace_directory
 from .runs import resume_checkpoint, run_name, step_checkpoint, sync_file, verify_checkpoint
 from .runs import write_checksums, write_json_atomic, write_jsonl_atomic
@@ -52,8 +55,9 @@ __all__ = ['PRECISIONS', 'SURGERY_SCHEDULES', 'TASKS', 'TrainConfig', 'IndexStre
            'load_trainer_state', 'prune_checkpoints', 'run_summary', 'check_resumable', 'start_model', 'RunStart',
            'on_main', 'claim_run_dir', 'accumulate', 'Task', 'make_tasks', 'Run', 'setup_run', 'StepBatches',
            'draw_batches', 'backward_task', 'combine', 'combine_and_clip', 'step_gradients', 'read_on_host',
-           'read_statistics', 'NonFiniteError', 'refuse_non_finite', 'log_step', 'save_step_checkpoint', 'finish_run',
-           'train', 'worker', 'launch_workers', 'run', 'main', 'plot_training']
+           'read_statistics', 'NonFiniteError', 'refuse_non_finite', 'log_step', 'save_step_checkpoint', 'save_weights',
+           'evaluate_during_training', 'finish_run', 'train', 'worker', 'launch_workers', 'run', 'main',
+           'plot_training']
 
 # %% ../nbs/03_train.ipynb #2b0870e2
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -91,6 +95,13 @@ class TrainConfig:
     base_lr: float = 3e-3  # fine-tuning learning rate of the base model
     save_every: int = 0  # also checkpoint every this many steps (0: only the final checkpoint)
     keep_checkpoints: int = 1  # step checkpoints kept besides `final` (at least 1)
+    eval_every: int = 0  # evaluate every this many steps, at step 0 and the last (0: never)
+    eval_prompts: int = 8  # evaluation during training: prompts continued
+    eval_k: int = 4  # evaluation during training: continuations per prompt
+    eval_examples: int = 64  # evaluation during training: forget, retain, non-member examples each
+    eval_scorer: str = "offline"  # evaluation during training: the toxicity scorer
+    keep_best: str = ""  # keep checkpoints/best by this criterion (BEST_CRITERIA; "": none)
+    best_margin: float = 0.1  # keep_best: candidates' retain NLL <= step 0's + this (nats/token)
     strategy: str = "none"  # `none`, `ddp` or `fsdp`
     nproc: int = 1  # processes (devices) on this machine; >1 launches torchrun workers
     device: str = "auto"  # `auto` (GPU if any, else CPU), `cpu`, `cuda`, `cuda:1`, ...
@@ -114,9 +125,10 @@ class TrainConfig:
                 raise ValueError(f"{name} is empty; name a {name}")
         for name in ("steps", "batch_size", "grad_accum", "base_steps", "max_length"):
             check_number(name, getattr(self, name), 1, integer=True)
-        for name in ("seed", "data_seed", "save_every"):
+        for name in ("seed", "data_seed", "save_every", "eval_every"):
             check_number(name, getattr(self, name), 0, integer=True)
         check_number("keep_checkpoints", self.keep_checkpoints, 1, integer=True)
+        self._check_evaluation()
         for name in ("lr", "base_lr", "beta"):
             check_number(name, getattr(self, name), 0, low_open=True)
         for name in ("warmup_ratio", "nonmember_fraction", "relearn_fraction"):
@@ -134,6 +146,19 @@ class TrainConfig:
         check_choice("surgery_every", self.surgery_every, SURGERY_SCHEDULES)
         check_strategy(self.strategy, self.nproc)
         check_device(self.device, self.nproc, self.strategy)
+
+    def _check_evaluation(self):
+        for name in ("eval_prompts", "eval_k", "eval_examples"):
+            check_number(name, getattr(self, name), 1, integer=True)
+        check_number("best_margin", self.best_margin, 0)
+        check_eval_scorer(self.eval_scorer)
+        if self.keep_best:
+            check_choice("keep_best", self.keep_best, BEST_CRITERIA)
+            if not self.eval_every:
+                raise ValueError(
+                    f"keep_best={self.keep_best!r} picks among evaluations during training, but "
+                    "eval_every is 0; set eval_every (e.g. 10), or keep_best=''"
+                )
 
     @property
     def hyperparameters(self) -> dict:
@@ -153,9 +178,16 @@ class TrainConfig:
         return Path(self.run_dir) / run_name(self.method, self.seed, label)
 
     def base(self) -> "TrainConfig":
-        "The config of the base fine-tune this unlearning run starts from."
+        """The config of the base fine-tune this unlearning run starts from (without evaluations
+        during training: they are the unlearning run's)."""
         return replace(
-            self, method=FINETUNE, steps=self.base_steps, lr=self.base_lr, seed=self.data_seed
+            self,
+            method=FINETUNE,
+            steps=self.base_steps,
+            lr=self.base_lr,
+            seed=self.data_seed,
+            eval_every=0,
+            keep_best="",
         )
 
 # %% ../nbs/03_train.ipynb #7b1bf20a
@@ -202,6 +234,7 @@ class RunData:
     forget: list[dict]  # preference pairs {chosen, rejected} of the toxic members to unlearn
     retain: list[dict]  # benign member examples
     mixed: list[dict]  # every member (the relearn set too) as plain examples, for the base
+    splits: Splits  # the records they come from (the relearn set apart)
 
 
 def prepare_data(config: TrainConfig, tokenizer, verbose: bool = True) -> RunData:
@@ -219,6 +252,7 @@ def prepare_data(config: TrainConfig, tokenizer, verbose: bool = True) -> RunDat
         forget=tokenize_pairs(pairs, tokenizer, config.max_length, verbose).examples,
         retain=tokenize(splits.retain),
         mixed=tokenize(every_member.forget + every_member.retain),
+        splits=splits,
     )
 
 # %% ../nbs/03_train.ipynb #94019083
@@ -681,6 +715,7 @@ class Run:
     rule: str | None  # the surgery rule (None: fine-tuning)
     rule_state: dict  # a stateful rule's state (`init_rule_state`), saved in checkpoints
     start_step: int
+    evaluation: TrainingEvaluation | None  # the evaluation during training (None: eval_every 0)
 
     @property
     def path(self) -> Path:
@@ -699,8 +734,8 @@ def _streams(config: TrainConfig, data: RunData) -> dict[str, IndexStream]:
 def _write_run_start(
     config: TrainConfig, processes: Processes, start: RunStart, blocks: list[str], step: int
 ):
-    """config.json with what was resolved, and metrics.jsonl cut back (atomically) to the
-    checkpoint's step."""
+    """config.json with what was resolved; metrics.jsonl and evaluations.jsonl cut back
+    (atomically) to the checkpoint's step."""
     resolved = {
         "start_model": start.start_model,
         "world_size": processes.world_size,
@@ -711,6 +746,9 @@ def _write_run_start(
     write_json_atomic(config.path / CONFIG_FILE, asdict(config) | resolved)
     kept = [m for m in read_metrics(config.path) if m["step"] <= step]
     write_jsonl_atomic(config.path / METRICS_FILE, kept)
+    # a checkpoint's evaluation came before it; a run starting at step 0 evaluates it (again)
+    evaluations = [e for e in read_evaluations(config.path) if e["step"] <= step] if step else []
+    write_jsonl_atomic(config.path / EVALUATIONS_FILE, evaluations)
 
 
 def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run:
@@ -764,6 +802,19 @@ def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run
             rule_state["memory"] = local_shards(rule_state["memory"], params)
     if processes.is_main:
         _write_run_start(config, processes, start, blocks, step)
+    evaluation = None
+    if config.eval_every:
+        evaluation = training_evaluation(
+            config.data,
+            data.splits,
+            config.eval_prompts,
+            config.eval_k,
+            config.eval_examples,
+            config.eval_scorer,
+            config.max_length,
+            config.data_seed,
+            processes.device,
+        )
     return Run(
         config,
         processes,
@@ -782,6 +833,7 @@ def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run
         rule,
         rule_state,
         step,
+        evaluation,
     )
 
 # %% ../nbs/03_train.ipynb #8f7ae345
@@ -988,6 +1040,7 @@ def save_step_checkpoint(run: Run, step: int) -> Path:
     target = step_checkpoint(run.path, step)
     if run.processes.is_main:
         sync_file(run.path / METRICS_FILE)
+        sync_file(run.path / EVALUATIONS_FILE)
     save_checkpoint(
         target,
         run.model,
@@ -1004,28 +1057,67 @@ def save_step_checkpoint(run: Run, step: int) -> Path:
     return target
 
 
-def finish_run(run: Run, launched: float):
-    "The final checkpoint (weights and state only), step checkpoints removed, summary.json."
+def save_weights(run: Run, target: Path, step: int):
+    "A checkpoint of the model at `step`, without the trainer's state (collective)."
     save_checkpoint(
-        final_checkpoint(run.path),
+        target,
         run.model,
         run.tokenizer,
         run.optimizer,
         run.scheduler,
         run.streams,
-        run.config.steps,
+        step,
         run.processes,
         trainer_state=False,
     )
+
+
+def _best(run: Run) -> dict:
+    "The best evaluation so far by `keep_best`."
+    config = run.config
+    return best_evaluation(read_evaluations(run.path), config.keep_best, config.best_margin)
+
+
+def _record_evaluation(run: Run, line: dict) -> bool:
+    "Append the evaluation's line (main process); whether it is the new best by `keep_best`."
+    append_jsonl(run.path / EVALUATIONS_FILE, line)
+    return bool(run.config.keep_best) and _best(run)["step"] == line["step"]
+
+
+def evaluate_during_training(run: Run, step: int):
+    """Every process evaluates the model at `step` (the same numbers on each: the model is whole,
+    or gathered shard by shard, on every one); the main process writes the line; a new best
+    evaluation's model becomes `checkpoints/best`."""
+    line = run.evaluation(run.model, run.tokenizer, step)
+    if on_main(run.processes, lambda: _record_evaluation(run, line)):
+        save_weights(run, best_checkpoint(run.path), step)
+
+
+def finish_run(run: Run, launched: float):
+    """The final checkpoint (weights and state only), step checkpoints removed, summary.json
+    (with the best evaluation, under `keep_best`)."""
+    save_weights(run, final_checkpoint(run.path), run.config.steps)
     if not run.processes.is_main:
         return
     prune_checkpoints(run.path, 0)
     summary = run_summary(run.path, run.processes, run.start_step, time.perf_counter() - launched)
+    if run.config.keep_best:
+        summary["best"] = {
+            "checkpoint": best_checkpoint(run.path).name,
+            "criterion": run.config.keep_best,
+            "best_margin": run.config.best_margin,
+            "evaluation": _best(run),
+        }
     write_json_atomic(run.path / SUMMARY_FILE, summary)
 
 
 def _checkpoint_due(config: TrainConfig, step: int) -> bool:
     return bool(config.save_every) and step % config.save_every == 0 and step < config.steps
+
+
+def _evaluation_due(config: TrainConfig, step: int) -> bool:
+    "Evaluations at step 0, every `eval_every` steps and at the last step."
+    return bool(config.eval_every) and (step % config.eval_every == 0 or step == config.steps)
 
 # %% ../nbs/03_train.ipynb #30dfad4e
 def train(config: TrainConfig, progress: bool = True) -> Path:
@@ -1041,6 +1133,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             return config.path
         run = setup_run(config, processes, start)
         last_good = start.resume_from
+        if run.start_step == 0 and _evaluation_due(config, 0):
+            evaluate_during_training(run, 0)
         bar = tqdm(
             range(run.start_step, config.steps),
             initial=run.start_step,
@@ -1057,6 +1151,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             run.optimizer.step()
             run.scheduler.step()
             log_step(run, bar, step + 1, lr, record, tokens, time.perf_counter() - started)
+            if _evaluation_due(config, step + 1):
+                evaluate_during_training(run, step + 1)
             if _checkpoint_due(config, step + 1):
                 last_good = save_step_checkpoint(run, step + 1)
         finish_run(run, launched)
