@@ -45,6 +45,7 @@ setuptools.setup(
         "gemma": split_requirements("gemma_requirements"),
         "attacks": split_requirements("attacks_requirements"),
         "utility": split_requirements("utility_requirements"),
+        "lora": split_requirements("lora_requirements"),
     },
     entry_points={
         "console_scripts": split_requirements("console_scripts"),

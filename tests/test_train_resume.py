@@ -37,9 +37,11 @@ def wait_for_checkpoint(worker, config: TrainConfig, step: int):
 
 # pcgrad keeps no state between steps; gradvac keeps its target cosine (a tensor on the device) and
 # rlw its generator (on the host), gru its gradient-sized memory: each must come back from the checkpoint for the weights to match
-@pytest.mark.parametrize("method", ["graddiff_pcgrad", "graddiff_gradvac", "graddiff_rlw", "graddiff_gru"])
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, method):
-    settings = dict(method=method, steps=150, base_steps=20, save_every=5, batch_size=4)
+# (and LoRA idkDPO: its adapters come back from the checkpoint, its cached reference from the run directory)
+@pytest.mark.parametrize("method,extra", [("graddiff_pcgrad", {}), ("graddiff_gradvac", {}), ("graddiff_rlw", {}),
+                                          ("graddiff_gru", {}), ("idkdpo_pcgrad", {"lora_rank": 4})])
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, method, extra):
+    settings = dict(method=method, steps=150, base_steps=20, save_every=5, batch_size=4, **extra)
     straight = TrainConfig(run_dir=str(tmp_path / "straight"), **settings)
     assert start(straight).wait() == 0
 

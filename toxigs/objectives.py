@@ -5,21 +5,23 @@
 # %% ../nbs/01_objectives.ipynb #8484883a
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .checks import check_number
-from .data import IGNORE_INDEX
+from .data import IGNORE_INDEX, collate_pairs
 
 # %% auto #0
 __all__ = ['OBJECTIVES', 'position_ids', 'completion_token_logprobs', 'completion_logprobs', 'completion_nll', 'ntp_loss',
            'completion_token_count', 'dpo_loss', 'npo_loss', 'simnpo_loss', 'pair_logprobs', 'ForgetObjective',
-           'graddiff_forget', 'idkdpo_forget', 'npo_forget', 'simnpo_forget', 'get_objective', 'Objective']
+           'graddiff_forget', 'both_sides', 'rejected_side', 'idkdpo_forget', 'npo_forget', 'simnpo_forget',
+           'get_objective', 'Objective', 'cache_reference_logprobs']
 
 # %% ../nbs/01_objectives.ipynb #e0fd2841
 def position_ids(
@@ -37,7 +39,8 @@ def _forward_arguments(model_class: type) -> frozenset[str]:
 def _accepts(model: torch.nn.Module, argument: str) -> bool:
     """Whether the model's forward takes `argument` (looked up once per model class, not on every
     forward pass)."""
-    return argument in _forward_arguments(type(model))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's wrapper
+    return argument in _forward_arguments(type(base))
 
 
 def completion_token_logprobs(
@@ -162,11 +165,16 @@ def pair_logprobs(
 
 @dataclass(frozen=True)
 class ForgetObjective:
-    "A forget loss of a pair batch; whether it reads the reference; what it averages over."
+    """A forget loss of a pair batch; what it reads of the frozen reference; what it averages
+    over."""
 
-    loss: Callable  # (model, pairs, reference, beta, delta) -> the forget loss to minimise
-    needs_reference: bool = False  # it compares with the frozen reference model
+    loss: Callable  # (model, pairs, reference log-probs or None, beta, delta) -> loss to minimise
+    reference: Callable | None = None  # (reference model, pairs) -> (n, m) log-probs it reads
     token_mean: bool = False  # a mean over completion tokens (else over examples)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.reference is not None
 
 
 def graddiff_forget(model, pairs, reference, beta, delta) -> torch.Tensor:
@@ -174,19 +182,25 @@ def graddiff_forget(model, pairs, reference, beta, delta) -> torch.Tensor:
     return -ntp_loss(model, pairs["rejected"])
 
 
+def both_sides(model, pairs) -> torch.Tensor:
+    "(n, 2): log π(y+|x) and log π(y-|x), what idkDPO reads of the reference."
+    return torch.stack(pair_logprobs(model, pairs), dim=1)
+
+
+def rejected_side(model, pairs) -> torch.Tensor:
+    "(n, 1): log π(y-|x), what NPO reads of the reference."
+    return completion_logprobs(model, pairs["rejected"])[0][:, None]
+
+
 def idkdpo_forget(model, pairs, reference, beta, delta) -> torch.Tensor:
     "idkDPO: prefer the refusal (chosen) to the toxic completion (rejected), against the reference."
-    with torch.no_grad():
-        reference_chosen, reference_rejected = pair_logprobs(reference, pairs)
     policy_chosen, policy_rejected = pair_logprobs(model, pairs)
-    return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
+    return dpo_loss(policy_chosen, policy_rejected, reference[:, 0], reference[:, 1], beta)
 
 
 def npo_forget(model, pairs, reference, beta, delta) -> torch.Tensor:
     "NPO: push the toxic completion's likelihood below the reference's."
-    with torch.no_grad():
-        reference_rejected, _ = completion_logprobs(reference, pairs["rejected"])
-    return npo_loss(completion_logprobs(model, pairs["rejected"])[0], reference_rejected, beta)
+    return npo_loss(completion_logprobs(model, pairs["rejected"])[0], reference[:, 0], beta)
 
 
 def simnpo_forget(model, pairs, reference, beta, delta) -> torch.Tensor:
@@ -197,8 +211,8 @@ def simnpo_forget(model, pairs, reference, beta, delta) -> torch.Tensor:
 
 OBJECTIVES: dict[str, ForgetObjective] = {
     "graddiff": ForgetObjective(graddiff_forget, token_mean=True),
-    "idkdpo": ForgetObjective(idkdpo_forget, needs_reference=True),
-    "npo": ForgetObjective(npo_forget, needs_reference=True),
+    "idkdpo": ForgetObjective(idkdpo_forget, reference=both_sides),
+    "npo": ForgetObjective(npo_forget, reference=rejected_side),
     "simnpo": ForgetObjective(simnpo_forget),
 }
 
@@ -228,13 +242,29 @@ class Objective:
         "Whether the forget loss compares with a frozen reference model."
         return self.unit.needs_reference
 
+    def reference_logprobs(
+        self, reference: torch.nn.Module | None, pairs: dict
+    ) -> torch.Tensor | None:
+        """What the forget loss reads of the reference on a pair batch: the batch's cached values
+        (`pairs["reference"]`, see `cache_reference_logprobs`), else the reference model's."""
+        if not self.needs_reference:
+            return None
+        if "reference" in pairs:
+            return pairs["reference"]
+        if reference is None:
+            raise ValueError(
+                f"{self.name} compares with a frozen reference model; pass reference= or a batch "
+                "with cached reference log-probabilities"
+            )
+        with torch.no_grad():
+            return self.unit.reference(reference, pairs)
+
     def forget_loss(
         self, model: torch.nn.Module, pairs: dict, reference: torch.nn.Module | None = None
     ) -> torch.Tensor:
         "The forget task's loss on a pair batch."
-        if self.needs_reference and reference is None:
-            raise ValueError(f"{self.name} compares with a frozen reference model; pass reference=")
-        return self.unit.loss(model, pairs, reference, self.beta, self.delta)
+        logprobs = self.reference_logprobs(reference, pairs)
+        return self.unit.loss(model, pairs, logprobs, self.beta, self.delta)
 
     def retain_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         "The retain task's loss: next-token loss on benign completions."
@@ -245,3 +275,29 @@ class Objective:
         if self.unit.token_mean:
             return sum(completion_token_count(e["rejected"]) for e in pair_examples)
         return len(pair_examples)
+
+# %% ../nbs/01_objectives.ipynb #acae54e37e7d407bbb7b55eff062a284
+def cache_reference_logprobs(
+    objective: Objective,  # an objective that reads the reference (idkdpo, npo)
+    reference: torch.nn.Module,  # the frozen reference, on its device
+    examples: Sequence[dict],  # tokenized pairs {chosen, rejected}
+    pad_token_id: int,  # the tokenizer's padding id
+    batch_size: int = 32,  # pairs per forward pass
+    precision: Callable = contextlib.nullcontext,  # () -> the context training's forwards run in
+) -> torch.Tensor:
+    """What the forget loss reads of the reference, for every pair in order: (n, m) float32 on
+    the CPU, computed once in batches of pairs of similar length (less padding)."""
+    device = next(reference.parameters()).device
+    longest = lambda i: max(len(examples[i][side]["input_ids"]) for side in ("chosen", "rejected"))
+    order = sorted(range(len(examples)), key=longest)
+    rows = torch.empty(0)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        pairs = collate_pairs([examples[i] for i in chunk], pad_token_id)
+        pairs = {side: {k: v.to(device) for k, v in b.items()} for side, b in pairs.items()}
+        with torch.no_grad(), precision():
+            values = objective.unit.reference(reference, pairs).float().cpu()
+        if not rows.numel():
+            rows = torch.empty(len(examples), values.shape[1])
+        rows[chunk] = values
+    return rows

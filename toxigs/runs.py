@@ -27,12 +27,13 @@ except ImportError:
 
 # %% auto #0
 __all__ = ['FINETUNE', 'BASE_RUN', 'CONFIG_FILE', 'METRICS_FILE', 'EVALUATIONS_FILE', 'STATE_FILE', 'TRAINER_FILE',
-           'CHECKSUMS_FILE', 'SUMMARY_FILE', 'RESULTS_FILE', 'GENERATIONS_FILE', 'LOCK_FILE', 'method_names',
-           'parse_method', 'run_name', 'checkpoints_dir', 'final_checkpoint', 'best_checkpoint', 'step_checkpoint',
-           'is_finished', 'checkpoint_steps', 'write_bytes_atomic', 'write_text_atomic', 'write_json_atomic',
-           'write_jsonl_atomic', 'append_jsonl', 'sync_file', 'replace_directory', 'RunFileError', 'read_json',
-           'read_jsonl', 'read_metrics', 'read_evaluations', 'CheckpointError', 'file_sha256', 'write_checksums',
-           'verify_checkpoint', 'is_intact', 'resume_checkpoint', 'RunLockedError', 'RunLock', 'library_versions']
+           'CHECKSUMS_FILE', 'SUMMARY_FILE', 'RESULTS_FILE', 'GENERATIONS_FILE', 'REFERENCE_FILE', 'LOCK_FILE',
+           'method_names', 'parse_method', 'run_name', 'checkpoints_dir', 'final_checkpoint', 'best_checkpoint',
+           'step_checkpoint', 'is_finished', 'checkpoint_steps', 'write_bytes_atomic', 'write_text_atomic',
+           'write_json_atomic', 'write_jsonl_atomic', 'append_jsonl', 'sync_file', 'replace_directory', 'RunFileError',
+           'read_json', 'read_jsonl', 'read_metrics', 'read_evaluations', 'CheckpointError', 'file_sha256',
+           'write_checksums', 'verify_checkpoint', 'is_intact', 'resume_checkpoint', 'RunLockedError', 'RunLock',
+           'library_versions']
 
 # %% ../nbs/02a_runs.ipynb #de2c3001
 FINETUNE = "finetune"  # the method that trains the base model
@@ -82,6 +83,7 @@ CHECKSUMS_FILE = "checksums.json"  # SHA-256 and size of every file of a checkpo
 SUMMARY_FILE = "summary.json"  # what a finished run cost
 RESULTS_FILE = "results.json"  # the evaluation
 GENERATIONS_FILE = "generations.jsonl"  # every evaluated continuation and its scores
+REFERENCE_FILE = "reference_logprobs.safetensors"  # the cached reference log-probs (idkdpo, npo)
 LOCK_FILE = ".lock"  # held while a process writes into the run directory
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -21,6 +22,8 @@ import torch
 import torch.distributed as dist
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -35,14 +38,18 @@ from .data import collate, collate_pairs, load_records, make_preference_pairs, s
 from .data import Splits, tokenize_pairs, tokenize_records
 from .distributed import Processes, check_device, check_strategy, init_processes, launch
 from .distributed import local_shards, local_tensor, shard_model, whole_tensors
+from .memory import ADAPTER_DIR, AdaptersDisabled, add_adapters, enable_gradient_checkpointing
+from .memory import is_adapted, load_adapter_weights, merged_state_dict, peak_memory
+from .memory import require_peft
 from .models import load_model, load_tokenizer, module_group
 from .monitor import BEST_CRITERIA, TrainingEvaluation, best_evaluation, check_eval_scorer
 from .monitor import training_evaluation
 from .parameters import add_parameter_flags
-from .objectives import Objective, completion_token_count, ntp_loss
+from .objectives import Objective, cache_reference_logprobs, completion_token_count, ntp_loss
 from .runs import CONFIG_FILE, FINETUNE, METRICS_FILE, STATE_FILE, SUMMARY_FILE, TRAINER_FILE
 from .runs import RunLock, append_jsonl, checkpoint_steps, final_checkpoint, is_finished
-from .runs import EVALUATIONS_FILE, best_checkpoint, read_evaluations
+from .runs import CHECKSUMS_FILE, EVALUATIONS_FILE, REFERENCE_FILE, best_checkpoint
+from .runs import read_evaluations, write_bytes_atomic
 from .runs import library_versions, parse_method, read_json, read_metrics, replace_directory
 from .runs import resume_checkpoint, run_name, step_checkpoint, sync_file, verify_checkpoint
 from .runs import write_checksums, write_json_atomic, write_jsonl_atomic
@@ -53,9 +60,10 @@ from .surgery import is_elementwise, options_label, parse_rule_options
 __all__ = ['PRECISIONS', 'SURGERY_SCHEDULES', 'TASKS', 'TrainConfig', 'IndexStream', 'RunData', 'prepare_data', 'FlatGradients',
            'ShardedGradients', 'parameter_blocks', 'layer_statistics', 'layer_weights', 'save_checkpoint',
            'load_trainer_state', 'prune_checkpoints', 'run_summary', 'check_resumable', 'start_model', 'RunStart',
-           'on_main', 'claim_run_dir', 'accumulate', 'Task', 'make_tasks', 'Run', 'setup_run', 'StepBatches',
-           'draw_batches', 'backward_task', 'combine', 'combine_and_clip', 'step_gradients', 'read_on_host',
-           'read_statistics', 'NonFiniteError', 'refuse_non_finite', 'log_step', 'save_step_checkpoint', 'save_weights',
+           'on_main', 'claim_run_dir', 'accumulate', 'reference_model', 'read_reference_cache',
+           'attach_reference_cache', 'Task', 'make_tasks', 'Run', 'setup_run', 'StepBatches', 'draw_batches',
+           'backward_task', 'combine', 'combine_and_clip', 'step_gradients', 'read_on_host', 'read_statistics',
+           'NonFiniteError', 'refuse_non_finite', 'log_step', 'save_step_checkpoint', 'save_weights',
            'evaluate_during_training', 'finish_run', 'train', 'worker', 'launch_workers', 'run', 'main',
            'plot_training']
 
@@ -86,7 +94,17 @@ class TrainConfig:
     surgery_every: str = "step"  # `step` (accumulated gradients) or `micro_batch` (a 3rd buffer)
     beta: float = 0.1  # inverse temperature of idkDPO, NPO, SimNPO
     delta: float = 0.0  # SimNPO reward margin
+    cache_reference: bool = (
+        True  # idkdpo, npo: reference log-probs computed once (False: each step)
+    )
     max_length: int = 256  # drop longer sequences
+    lora_rank: int = 0  # LoRA: train rank-r adapters only (`peft`; 0: full fine-tuning)
+    lora_alpha: float = 16.0  # LoRA: the adapters' update is scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # LoRA: dropout on the adapters' input
+    lora_targets: str = (
+        ""  # LoRA: modules adapted, `name,name` ("": every linear layer but the head)
+    )
+    gradient_checkpointing: bool = False  # recompute activations in the backward (transformers')
     nonmember_fraction: float = 0.25  # unique generations held out as non-members, in [0, 1)
     relearn_fraction: float = 0.1  # toxic members' generations unlearning leaves out, in [0, 1)
     seed: int = 0  # unlearning data order
@@ -128,6 +146,7 @@ class TrainConfig:
         for name in ("seed", "data_seed", "save_every", "eval_every"):
             check_number(name, getattr(self, name), 0, integer=True)
         check_number("keep_checkpoints", self.keep_checkpoints, 1, integer=True)
+        self._check_lora()
         self._check_evaluation()
         for name in ("lr", "base_lr", "beta"):
             check_number(name, getattr(self, name), 0, low_open=True)
@@ -146,6 +165,18 @@ class TrainConfig:
         check_choice("surgery_every", self.surgery_every, SURGERY_SCHEDULES)
         check_strategy(self.strategy, self.nproc)
         check_device(self.device, self.nproc, self.strategy)
+
+    def _check_lora(self):
+        check_number("lora_rank", self.lora_rank, 0, integer=True, hint="0 is full fine-tuning")
+        check_number("lora_alpha", self.lora_alpha, 0, low_open=True)
+        check_number("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
+        if self.lora_rank and self.strategy == "fsdp":
+            raise ValueError(
+                "lora_rank > 0 with strategy 'fsdp' is not supported; use strategy 'ddp' (with "
+                "LoRA every process holds the frozen model and the small adapters), or lora_rank=0"
+            )
+        if self.lora_rank:
+            require_peft()
 
     def _check_evaluation(self):
         for name in ("eval_prompts", "eval_k", "eval_examples"):
@@ -422,6 +453,18 @@ def _rng_state() -> dict:
     return {"cpu": torch.get_rng_state()} | cuda
 
 
+def _write_model(folder: Path, model, state: dict, merged: bool):
+    """The model's weights: a LoRA model's adapter (peft's files in `adapter/`) and, if `merged`,
+    the merged model beside it (loads without peft); else the whole model."""
+    if not is_adapted(model):
+        model.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        return
+    model.save_pretrained(folder / ADAPTER_DIR, state_dict=state)
+    if merged:
+        plain = merged_state_dict(model)
+        model.get_base_model().save_pretrained(folder, state_dict=plain, safe_serialization=True)
+
+
 def save_checkpoint(
     target: Path,
     model,
@@ -441,7 +484,7 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
+        _write_model(tmp, model, model_state, merged=not trainer_state)
         tokenizer.save_pretrained(tmp)
         if trainer_state:
             trainer = {
@@ -521,9 +564,15 @@ _EXECUTION_FIELDS = {
 }
 
 
-def run_summary(run_path: Path, processes: Processes, start_step: int, wall_s: float) -> dict:
+def run_summary(
+    run_path: Path,
+    processes: Processes,
+    start_step: int,
+    wall_s: float,
+    trainable: int | None = None,  # parameters trained (LoRA: the adapters')
+) -> dict:
     """What a finished run cost: step times from its metrics (all segments of a resumed run), wall
-    time, peak GPU memory."""
+    time, the main process's peak memory (`toxigs.memory.peak_memory`), parameters trained."""
     step_times = sorted(m["step_time_s"] for m in read_metrics(run_path))
     cuda = processes.device.type == "cuda"
     return {
@@ -535,10 +584,8 @@ def run_summary(run_path: Path, processes: Processes, start_step: int, wall_s: f
         "device": str(processes.device),
         "world_size": processes.world_size,
         "device_name": torch.cuda.get_device_name(processes.device) if cuda else None,
-        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(processes.device) / 2**30
-        if cuda
-        else None,
-    }
+        "trainable_parameters": trainable,
+    } | peak_memory(processes.device)
 
 
 def _same_setting(saved, current) -> bool:
@@ -627,9 +674,12 @@ def claim_run_dir(config: TrainConfig, held: contextlib.ExitStack) -> RunStart:
     return RunStart(False, resume_from, start_model(config))
 
 # %% ../nbs/03_train.ipynb #dc2cf7e3
+def _uses_bf16(config: TrainConfig, device: torch.device) -> bool:
+    return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+
 def _autocast(config: TrainConfig, device: torch.device):
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_uses_bf16(config, device))
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -664,6 +714,104 @@ def accumulate(
         total += loss.detach().float() * weight
     return total
 
+# %% ../nbs/03_train.ipynb #7fb27b941602401d91542211134fc71a
+def _reference(model, start_model: str, config: TrainConfig, processes: Processes):
+    """The frozen reference of idkDPO and NPO: with LoRA the trained model with its adapters off
+    (no second copy), else the model unlearning starts from."""
+    if is_adapted(model):
+        return AdaptersDisabled(model)
+    return reference_model(start_model, config, processes)
+
+
+def reference_model(start_model: str, config: TrainConfig, processes: Processes):
+    "The frozen reference of idkDPO and NPO: the model unlearning starts from (sharded under FSDP)."
+    reference = load_model(start_model).to(processes.device).eval().requires_grad_(False)
+    return shard_model(reference) if config.strategy == "fsdp" else reference
+
+
+def _reference_fingerprint(
+    start_model: str, objective: Objective, examples: list[dict], config, device
+) -> str:
+    "What the cached values depend on: the start model's files, the pairs, the precision."
+    digest = hashlib.sha256()
+    checksums = Path(start_model) / CHECKSUMS_FILE
+    digest.update(checksums.read_bytes() if checksums.is_file() else start_model.encode())
+    sides = [[e[side]["input_ids"], e[side]["labels"]] for e in examples for side in e]
+    digest.update(json.dumps([objective.name, sides]).encode())
+    digest.update(b"bf16" if _uses_bf16(config, device) else b"fp32")
+    return digest.hexdigest()
+
+
+def read_reference_cache(run_path: Path, fingerprint: str) -> torch.Tensor | None:
+    "The cached reference log-probabilities if they were computed for `fingerprint`, else None."
+    path = run_path / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("fingerprint") != fingerprint:
+                print(f"warning: {path} was computed for other pairs or another model; recomputing")
+                return None
+            return f.get_tensor("logprobs")
+    except Exception as e:  # a damaged cache is recomputed, never trusted
+        print(f"warning: {path} cannot be read ({type(e).__name__}: {e}); recomputing")
+        return None
+
+
+def attach_reference_cache(
+    config: TrainConfig,
+    processes: Processes,
+    start: RunStart,
+    objective: Objective,
+    examples: list[dict],
+    model,
+    pad_token_id: int,
+):
+    """Give every forget pair its cached reference log-probabilities (`example["reference"]`):
+    read from the run directory, or computed once by every process (the reference then freed)
+    and written by the main one."""
+    fingerprint = _reference_fingerprint(
+        start.start_model, objective, examples, config, processes.device
+    )
+    cached = on_main(processes, lambda: read_reference_cache(config.path, fingerprint))
+    if cached is None:
+        reference = _reference(model, start.start_model, config, processes)
+        cached = cache_reference_logprobs(
+            objective,
+            reference,
+            examples,
+            pad_token_id,
+            config.batch_size,
+            lambda: _autocast(config, processes.device),
+        )
+        del reference
+        if processes.is_main:
+            tensors = {"logprobs": cached.contiguous()}
+            data = save_safetensors(tensors, metadata={"fingerprint": fingerprint})
+            write_bytes_atomic(config.path / REFERENCE_FILE, data)
+    for example, row in zip(examples, cached.tolist()):
+        example["reference"] = row
+
+# %% ../nbs/03_train.ipynb #acae54e37e7d407bbb7b55eff062a284
+def _load_trained_model(config: TrainConfig, start: RunStart) -> torch.nn.Module:
+    """The model this run trains, in training mode as `config` asks: the start model (or the
+    resumed weights), with LoRA adapters (resumed) and gradient checkpointing when asked."""
+    adapted = bool(config.lora_rank)
+    resumed = str(start.resume_from) if start.resume_from and not adapted else None
+    model = load_model(resumed or start.start_model, seed=config.seed)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model, config.dropout)
+    else:
+        model.train(config.dropout)
+    if not adapted:
+        return model
+    model = add_adapters(
+        model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets
+    )
+    if start.resume_from:
+        load_adapter_weights(model, start.resume_from)
+    return model
+
 # %% ../nbs/03_train.ipynb #d534e58e
 @dataclass
 class Task:
@@ -680,6 +828,13 @@ def _token_count(examples: list[dict]) -> int:
     return sum(map(completion_token_count, examples))
 
 
+def _cached(examples: list[dict]) -> dict:
+    "The pairs' cached reference log-probabilities, as the forget loss reads them (if cached)."
+    if "reference" not in examples[0]:
+        return {}
+    return {"reference": torch.tensor([e["reference"] for e in examples], dtype=torch.float32)}
+
+
 def make_tasks(objective: Objective | None, reference, pad_token_id: int) -> dict[str, Task]:
     """The tasks of a step: `forget` alone (the fine-tune's next-token loss), or `forget` and
     `retain`."""
@@ -687,7 +842,7 @@ def make_tasks(objective: Objective | None, reference, pad_token_id: int) -> dic
     if objective is None:
         return {"forget": Task("mixed", ntp_loss, _token_count, plain)}
     forget_loss = lambda model, batch: objective.forget_loss(model, batch, reference)
-    pairs = lambda examples: collate_pairs(examples, pad_token_id)
+    pairs = lambda examples: collate_pairs(examples, pad_token_id) | _cached(examples)
     return {
         "forget": Task("forget", forget_loss, objective.forget_count, pairs),
         "retain": Task("retain", objective.retain_loss, _token_count, plain),
@@ -748,7 +903,8 @@ def _write_run_start(
     write_jsonl_atomic(config.path / METRICS_FILE, kept)
     # a checkpoint's evaluation came before it; a run starting at step 0 evaluates it (again)
     evaluations = [e for e in read_evaluations(config.path) if e["step"] <= step] if step else []
-    write_jsonl_atomic(config.path / EVALUATIONS_FILE, evaluations)
+    if config.eval_every:
+        write_jsonl_atomic(config.path / EVALUATIONS_FILE, evaluations)
 
 
 def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run:
@@ -757,22 +913,23 @@ def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run
     objective_name, rule = parse_method(config.method)
     tokenizer = load_tokenizer(start.start_model)
     torch.manual_seed(config.seed)
-    weights = str(start.resume_from) if start.resume_from else start.start_model
-    model = load_model(weights, seed=config.seed).to(processes.device)
-    model.train(config.dropout)
+    model = _load_trained_model(config, start).to(processes.device)
     objective = (
         None
         if objective_name is None
         else Objective(objective_name, beta=config.beta, delta=config.delta)
     )
-    reference = None
-    if objective is not None and objective.needs_reference:
-        reference = load_model(start.start_model).to(processes.device).eval().requires_grad_(False)
     if config.strategy == "fsdp":
         model = shard_model(model)
-        if reference is not None:
-            reference = shard_model(reference)
     data = prepare_data(config, tokenizer, verbose=processes.is_main)
+    reference = None
+    if objective is not None and objective.needs_reference:
+        if config.cache_reference:
+            attach_reference_cache(
+                config, processes, start, objective, data.forget, model, tokenizer.pad_token_id
+            )
+        else:
+            reference = _reference(model, start.start_model, config, processes)
     streams = _streams(config, data)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -1100,7 +1257,8 @@ def finish_run(run: Run, launched: float):
     if not run.processes.is_main:
         return
     prune_checkpoints(run.path, 0)
-    summary = run_summary(run.path, run.processes, run.start_step, time.perf_counter() - launched)
+    wall_s, trainable = time.perf_counter() - launched, sum(p.numel() for p in run.params)
+    summary = run_summary(run.path, run.processes, run.start_step, wall_s, trainable)
     if run.config.keep_best:
         summary["best"] = {
             "checkpoint": best_checkpoint(run.path).name,
