@@ -46,6 +46,7 @@ setuptools.setup(
         "attacks": split_requirements("attacks_requirements"),
         "utility": split_requirements("utility_requirements"),
         "lora": split_requirements("lora_requirements"),
+        "tracking": split_requirements("tracking_requirements"),
     },
     entry_points={
         "console_scripts": split_requirements("console_scripts"),

@@ -18,7 +18,7 @@ def test_wheel_ships_the_embedded_tokenizer(tmp_path):
     extras = {line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Provides-Extra:")}
     settings = (REPO / "settings.ini").read_text().splitlines()
     declared = {line.split("_requirements")[0] for line in settings if line.split("=")[0].strip().endswith("_requirements")}
-    assert extras == declared == {"dev", "gemma", "attacks", "utility", "lora"}, (extras, declared)  # every extra setup.py offers
+    assert extras == declared == {"dev", "gemma", "attacks", "utility", "lora", "tracking"}, (extras, declared)  # every extra setup.py offers
     assert "Requires-Dist: lm-eval>=0.4.13; extra == \"utility\"" in metadata
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for script in ("toxigs-train = toxigs.train:main", "toxigs-evaluate = toxigs.evaluate:main",

@@ -40,8 +40,13 @@ def test_sweep_trains_evaluates_and_renders_the_comparison(tmp_path):
         assert len(recoveries) == 2 and all(cell.strip(" |") != "–" for cell in recoveries), row
     # a second call finds everything done, and publishes the small files with the same comparison
     published = tmp_path / "published"
+    evaluated = {name: (run_dir / name / "results.json").stat().st_mtime for name in runs}
     again = subprocess.run(command + ["--publish", str(published)], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("already evaluated") == 3, again.stderr[-3000:]
+    assert again.returncode == 0, again.stderr[-3000:]
+    # every run done (neither trained nor evaluated again), only the comparison runs
+    states = {line.split()[0]: line.split()[-1] for line in again.stdout.splitlines()[1:5]}
+    assert states == {"base": "done", "idkdpo-seed0": "done", "idkdpo_pcgrad-seed0": "done", "compare": "new"}, again.stdout
+    assert {name: (run_dir / name / "results.json").stat().st_mtime for name in runs} == evaluated
     assert sorted(p.name for p in published.iterdir()) == sorted(runs + ["weight_distances.csv", "surgery_vs_sum.csv", "comparison", "compare.ipynb"])
     assert not list(published.rglob("*.safetensors"))
     assert (published / "comparison" / "results.md").read_text() == table

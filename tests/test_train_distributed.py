@@ -1,6 +1,9 @@
 """Two CPU processes (gloo) with DDP or FSDP end with the parameters of one process on the same global batch."""
 import json
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -66,3 +69,34 @@ def test_two_processes_match_one(base_dir, tmp_path, method, strategy):
     assert sum(off.values()) <= allowed, {name: count for name, count in off.items() if count}
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=SETTINGS["lr"] * SETTINGS["steps"], msg=lambda m: f"{name}: {m}")
+
+
+NODE = ("import sys, json; from toxigs.train import TrainConfig, run; "
+        "run(TrainConfig(**json.loads(sys.argv[1])), progress=False)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_match_one_process(base_dir, tmp_path):
+    "torchrun across 2 'nodes' (nnodes 2, node_rank 0 and 1, one process each, gloo) = one process."
+    one, one_metrics, _ = run_from_base(base_dir, tmp_path / "one", method="idkdpo_pcgrad", batch_size=4)
+    shutil.copytree(base_dir, tmp_path / "nodes" / "base")
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([sys.executable, "-c", NODE, json.dumps(
+        dict(run_dir=str(tmp_path / "nodes"), method="idkdpo_pcgrad", batch_size=2, strategy="ddp", nnodes=2,
+             node_rank=rank, rdzv_endpoint=endpoint, **SETTINGS))], stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+    path = tmp_path / "nodes" / "idkdpo_pcgrad-seed0"
+    assert json.loads((path / "summary.json").read_text())["world_size"] == 2
+    two = final_weights(path)
+    for a, b in zip(one_metrics, read_metrics(path)):
+        torch.testing.assert_close(b["forget_loss"], a["forget_loss"], rtol=1e-5, atol=1e-6)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")

@@ -17,7 +17,7 @@ from torch.distributed.fsdp import fully_shard
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'Processes', 'check_strategy', 'check_device', 'pick_device', 'init_processes', 'shard_model',
-           'local_tensor', 'whole_tensors', 'local_shards', 'launch']
+           'local_tensor', 'whole_tensors', 'local_shards', 'check_rendezvous', 'rendezvous_flags', 'launch']
 
 # %% ../nbs/04_distributed.ipynb #9ca51daa
 STRATEGIES = ("none", "ddp", "fsdp")
@@ -166,19 +166,61 @@ def local_shards(
     ]
 
 # %% ../nbs/04_distributed.ipynb #b29e02df
+def check_rendezvous(
+    nnodes: int,  # machines (nodes) the run spans
+    node_rank: int,  # this machine's place among them, 0 .. nnodes - 1
+    endpoint: str,  # `host:port` of node 0, where the others meet it (nnodes > 1)
+    strategy: str,  # `none`, `ddp`, `fsdp`
+):
+    "Validate a torchrun rendezvous with errors that say what to set."
+    for name, value, low in (("nnodes", nnodes, 1), ("node_rank", node_rank, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    if node_rank >= nnodes:
+        raise ValueError(f"node_rank must be below nnodes={nnodes}, got {node_rank}")
+    if nnodes == 1:
+        return
+    if strategy == "none":
+        raise ValueError(f"nnodes={nnodes} needs strategy 'ddp' or 'fsdp', not 'none'")
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            "rdzv_endpoint must be node 0's `host:port` (e.g. `node001:29500`) when nnodes > 1, "
+            f"got {endpoint!r}"
+        )
+
+
+def rendezvous_flags(nnodes: int = 1, node_rank: int = 0, endpoint: str = "") -> list[str]:
+    """torchrun's rendezvous flags: one machine on its own, or a static rendezvous at node 0's
+    endpoint (each node's rank fixed by `node_rank`, so every process's data shard is too)."""
+    if nnodes == 1:
+        return ["--standalone"]
+    host, _, port = endpoint.rpartition(":")
+    return [
+        f"--nnodes={nnodes}",
+        f"--node_rank={node_rank}",
+        f"--master_addr={host}",
+        f"--master_port={port}",
+    ]
+
+
 def launch(
     entry_point: str,  # `module:function` that each worker calls, e.g. `toxigs.train:worker`
     arguments: list[str],  # the command-line arguments each worker's `sys.argv` gets
     nproc: int,  # processes to start on this machine
+    nnodes: int = 1,  # machines the run spans (this call starts this machine's processes)
+    node_rank: int = 0,  # this machine's place among them
+    endpoint: str = "",  # `host:port` of node 0 (nnodes > 1)
 ) -> None:
-    "Start `nproc` torchrun workers on this machine, each calling `entry_point`, and wait for them."
+    """Start `nproc` torchrun workers on this machine (one of `nnodes`), each calling
+    `entry_point`, and wait for them."""
     module, function = entry_point.split(":")
     code = f"import {module}; {module}.{function}()"
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *rendezvous_flags(nnodes, node_rank, endpoint),
         f"--nproc_per_node={nproc}",
         "--no-python",
         sys.executable,

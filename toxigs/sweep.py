@@ -6,23 +6,30 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+import submitit
 
 import toxigs
 from .analysis import summarize_experiment
-from .checks import check_choice, run_command
+from .checks import check_choice, check_number, run_command
 from .evaluate import RESULTS_FILE, check_evaluation_arguments, evaluate_run, read_results
 from .parameters import add_parameter_flags
 from .objectives import OBJECTIVES
 from .surgery import RULES
+from .runs import checkpoint_steps, is_finished
 from .train import TrainConfig, run
 
 # %% auto #0
-__all__ = ['PAPER_METHODS', 'VARIANTS', 'SHARED', 'EVALUATION_OWN', 'sweep_configs', 'rule_methods', 'render_comparison', 'sweep',
-           'parse_arguments', 'main']
+__all__ = ['PAPER_METHODS', 'VARIANTS', 'SHARED', 'EVALUATION_OWN', 'EXECUTORS', 'sweep_configs', 'rule_methods',
+           'render_comparison', 'run_state', 'SweepJob', 'sweep_jobs', 'job_table', 'run_job', 'compare_job',
+           'SweepTask', 'Cluster', 'make_executor', 'log_tail', 'run_here', 'submit_slurm', 'sweep', 'SweepFailed',
+           'add_cluster_flags', 'parse_arguments', 'main']
 
 # %% ../nbs/07_sweep.ipynb #cc879501
 PAPER_METHODS = ["graddiff", "graddiff_pcgrad", "idkdpo", "idkdpo_pcgrad"]
@@ -93,7 +100,7 @@ def render_comparison(
     subprocess.run(command, check=True)
     return out
 
-
+# %% ../nbs/07_sweep.ipynb #7fb27b941602401d91542211134fc71a
 def _evaluated(path: Path, attacks=(), utility_tasks=()) -> bool:
     """The run has results.json with every attack and utility task asked (else it is evaluated
     again, attacks and utility benchmarks too)."""
@@ -104,39 +111,316 @@ def _evaluated(path: Path, attacks=(), utility_tasks=()) -> bool:
     return set(attacks) <= set(results.get("attacks", {})) and set(utility_tasks) <= set(ran)
 
 
+def run_state(path: Path, evaluation: dict) -> str:
+    "Where a run stands: `done`, `evaluate` (trained), `resume from step N`, or `new`."
+    if is_finished(path):
+        asked = evaluation.get("attacks", ()), evaluation.get("utility_tasks", ())
+        return "done" if _evaluated(path, *asked) else "evaluate"
+    steps = checkpoint_steps(path)
+    return f"resume from step {steps[-1]}" if steps else "new"
+
+
+def _compared(runs_dir: Path, runs: list[Path]) -> bool:
+    "compare.ipynb was rendered after every run's results.json was written."
+    out = runs_dir / "compare.ipynb"
+    results = [p / RESULTS_FILE for p in runs]
+    if not out.exists() or not all(r.exists() for r in results):
+        return False
+    return out.stat().st_mtime >= max(r.stat().st_mtime for r in results)
+
+# %% ../nbs/07_sweep.ipynb #9a63283cbaf04dbcab1f6479b197f3a8
+@dataclass
+class SweepJob:
+    "One job of a sweep: a run (trained, then evaluated) or the comparison."
+
+    name: str  # the run's folder name, or `compare`
+    stage: str  # `base`, `unlearn` or `compare`
+    after: str  # the stage it waits for ("" for the base)
+    state: str  # `run_state`'s, or for the comparison `done` / `new`
+    config: TrainConfig | None = None  # the run's (None for the comparison)
+
+
+def sweep_jobs(
+    configs: list[TrainConfig],  # from `sweep_configs`
+    evaluation: dict,  # evaluate_run's arguments (besides run_dir)
+    compare: bool = True,  # the comparison is a job
+    publish: str | None = None,  # the folder the comparison is rendered in, if not the runs'
+) -> list[SweepJob]:
+    "The job graph: the base once -> every method x seed (each then evaluated) -> the comparison."
+    base = configs[0].base()
+    jobs = [SweepJob(base.path.name, "base", "", run_state(base.path, evaluation), base)]
+    for config in configs:
+        state = run_state(config.path, evaluation)
+        jobs.append(SweepJob(config.path.name, "unlearn", "base", state, config))
+    if compare:
+        runs = [job.config.path for job in jobs]
+        shown = Path(publish) if publish else Path(configs[0].run_dir)
+        state = "done" if _compared(shown, runs) and not publish else "new"
+        jobs.append(SweepJob("compare", "compare", "unlearn", state))
+    return jobs
+
+
+def job_table(jobs: list[SweepJob]) -> str:
+    "The jobs as a table: what each one is, what it waits for, where it stands."
+    rows = [("job", "stage", "after", "state")]
+    rows += [(j.name, j.stage, j.after or "-", j.state) for j in jobs]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+# %% ../nbs/07_sweep.ipynb #8edb47106e1a46a883d545849b8ab81b
+def _multi_node(config: TrainConfig) -> TrainConfig:
+    """Inside a Slurm job on several nodes: this node's torchrun rendezvous (node 0's hostname,
+    a port from the job id), so that each node's task starts its share of the processes."""
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job (a direct call)
+        return config
+    if env.num_nodes == 1:
+        return config
+    endpoint = f"{env.hostnames[0]}:{29500 + int(env.raw_job_id) % 20000}"
+    return replace(config, nnodes=env.num_nodes, node_rank=env.node, rdzv_endpoint=endpoint)
+
+
+def run_job(
+    config: TrainConfig,  # the run (the base's, or a method's)
+    evaluation: dict,  # evaluate_run's arguments (besides run_dir)
+) -> str:
+    "One job of a sweep, in its own process: train the run (resuming it), then evaluate it."
+    config = _multi_node(config)
+    path = run(config, progress=False)
+    if config.node_rank != 0:  # the other nodes' part ends with the training
+        return f"{path}: trained (node {config.node_rank})"
+    if not _evaluated(path, evaluation.get("attacks", ()), evaluation.get("utility_tasks", ())):
+        results = evaluate_run(path, verbose=False, **evaluation)
+        toxicity, perplexity = results["toxicity"], results["perplexity"]
+        return (
+            f"{path}: mean toxicity {toxicity['mean_toxicity']:.3f}, word perplexity "
+            f"{perplexity['word_perplexity']:.4g}, MIA AUC {results['membership']['auc']:.3f}"
+        )
+    return f"{path}: already evaluated"
+
+
+def compare_job(
+    runs_dir: str,  # the experiment folder
+    publish: str | None = None,  # also summarize it into this folder and compare there
+) -> str:
+    "The comparison job: (summarize, then) render nbs/compare.ipynb."
+    shown = Path(runs_dir)
+    if publish:
+        shown = summarize_experiment(runs_dir, publish)
+    return f"comparison: {render_comparison(shown)}"
+
+
+class SweepTask(submitit.helpers.Checkpointable):
+    """A job's function as submitit runs it. Checkpointable: a job that Slurm times out or
+    preempts is requeued with the same arguments, and its run resumes from its last checkpoint
+    (`--save-every`)."""
+
+    def __call__(self, function: str, *args):
+        return {"run": run_job, "compare": compare_job}[function](*args)
+
+# %% ../nbs/07_sweep.ipynb #8763a12b2bbd4a93a75aff182afb95dc
+EXECUTORS = ("local", "slurm", "debug")
+
+
+@dataclass
+class Cluster:
+    "Where a sweep's jobs run (submitit's executors) and what each one asks for."
+
+    executor: str = "local"  # `local` (processes here), `slurm`, `debug` (in this process)
+    parallel: int = 0  # jobs at once (0: local one, slurm no limit; slurm: the array's %limit)
+    partition: str = ""  # slurm partition ("": the cluster's default)
+    gpus: int = 0  # GPUs per node of each job
+    nodes: int = 1  # slurm: nodes per unlearning job (torchrun across them)
+    cpus: int = 2  # CPUs per task
+    time: int = 240  # minutes per job; past it, the job is requeued and resumes
+    folder: str = ""  # submitit's job files and logs ("": <run_dir>/.submitit)
+
+    def __post_init__(self):
+        check_choice("executor", self.executor, EXECUTORS)
+        for name in ("nodes", "cpus", "time"):
+            check_number(name, getattr(self, name), 1, integer=True)
+        for name in ("parallel", "gpus"):
+            check_number(name, getattr(self, name), 0, integer=True)
+        if self.nodes > 1 and self.executor != "slurm":
+            raise ValueError(f"nodes={self.nodes} needs executor 'slurm'; run one node here")
+
+
+def make_executor(cluster: Cluster, folder: Path, stage: str) -> submitit.Executor:
+    "submitit's executor for the jobs of one stage."
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster.executor)
+    nodes = cluster.nodes if stage == "unlearn" else 1
+    executor.update_parameters(
+        name=f"toxigs-{stage}",
+        timeout_min=cluster.time,
+        gpus_per_node=cluster.gpus,
+        nodes=nodes,
+        tasks_per_node=1,
+        cpus_per_task=cluster.cpus,
+    )
+    if cluster.parallel:
+        executor.update_parameters(slurm_array_parallelism=cluster.parallel)
+    if cluster.partition:
+        executor.update_parameters(slurm_partition=cluster.partition)
+    return executor
+
+
+def _arguments(job: SweepJob, evaluation: dict, runs_dir: str, publish: str | None) -> tuple:
+    if job.stage == "compare":
+        return ("compare", runs_dir, publish)
+    return ("run", job.config, evaluation)
+
+
+def log_tail(job: submitit.Job, lines: int = 20) -> str:
+    "The last lines of a failed job's error log (or its exception, in the debug executor)."
+    text = ""
+    if job.paths.stderr.exists():
+        text = job.paths.stderr.read_text(errors="replace")
+    if not text.strip():
+        error = job.exception()
+        text = str(error) if error else "(no log)"
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+# %% ../nbs/07_sweep.ipynb #7cdc8c89c7104fffa095e18ddfef8986
+def run_here(jobs: list[SweepJob], cluster: Cluster, folder: Path, args) -> list[tuple]:
+    """Run the jobs stage by stage on this machine (`local` or `debug`), `parallel` at once,
+    waiting for each stage; returns the failures as (job, submitit job). A failed base stops the
+    sweep (every unlearning job needs it)."""
+    failures = []
+    for stage in ("base", "unlearn", "compare"):
+        todo = [j for j in jobs if j.stage == stage and j.state != "done"]
+        if failures or not todo:
+            continue
+        executor = make_executor(cluster, folder, stage)
+        at_once = max(cluster.parallel, 1)
+        for start in range(0, len(todo), at_once):
+            wave = todo[start : start + at_once]
+            submitted = [executor.submit(SweepTask(), *args(job)) for job in wave]
+            for job, handle in zip(wave, submitted):
+                try:
+                    print(handle.result())
+                except Exception:  # the job failed: listed with its log below
+                    failures.append((job, handle))
+    return failures
+
+
+def _dependency(handles: list[submitit.Job]) -> str:
+    "afterok on every job (an array counts once, by its id)."
+    ids = sorted({h.job_id.split("_")[0] for h in handles})
+    return "afterok:" + ":".join(ids)
+
+
+def submit_slurm(jobs: list[SweepJob], cluster: Cluster, folder: Path, args) -> list[tuple]:
+    """Submit every job to Slurm at once: the base, then the unlearning jobs as one array that
+    starts after it (afterok), then the comparison after them; returns (job, submitit job)."""
+    submitted, previous = [], []
+    for stage in ("base", "unlearn", "compare"):
+        todo = [j for j in jobs if j.stage == stage and j.state != "done"]
+        if not todo:
+            continue
+        executor = make_executor(cluster, folder, stage)
+        if previous:
+            executor.update_parameters(slurm_dependency=_dependency(previous))
+        with executor.batch():
+            handles = [executor.submit(SweepTask(), *args(job)) for job in todo]
+        submitted += list(zip(todo, handles))
+        previous = handles
+    return submitted
+
+# %% ../nbs/07_sweep.ipynb #b118ea5561624da68c537baed56e602f
 def sweep(
     configs: list[TrainConfig],  # from `sweep_configs`
     evaluation: dict,  # evaluate_run's arguments (besides run_dir)
     compare: bool = True,  # render the comparison notebook
     publish: str | None = None,  # also summarize the experiment into this folder and compare there
-) -> Path:
-    "Train every run (the base once), evaluate each, then compare; return the folder compared."
+    cluster: Cluster | None = None,  # where the jobs run (default: local processes, one at a time)
+    dry_run: bool = False,  # print the job table, run nothing
+) -> list[SweepJob]:
+    """Train every run (the base once), evaluate each, then compare, as submitit jobs; finished
+    runs are skipped and interrupted ones resumed. Returns the jobs."""
     check_evaluation_arguments(**evaluation)
+    cluster = cluster or Cluster()
+    _check_gpus(configs, cluster)
+    jobs = sweep_jobs(configs, evaluation, compare, publish)
+    print(job_table(jobs))
+    todo = [j for j in jobs if j.state != "done"]
+    if dry_run or not todo:
+        print("dry run: nothing submitted" if dry_run else "every job is done: nothing to run")
+        return jobs
+    runs_dir = configs[0].run_dir
+    folder = Path(cluster.folder or Path(runs_dir) / ".submitit")
     started = time.time()
-    runs = [configs[0].base().path]
-    for config in configs:
-        runs.append(run(config, progress=False))
-        print(f"{config.path}: trained")
-    for path in runs:
-        if _evaluated(path, evaluation.get("attacks", ()), evaluation.get("utility_tasks", ())):
-            print(f"{path}: already evaluated")
-            continue
-        results = evaluate_run(path, verbose=False, **evaluation)
-        toxicity, perplexity = results["toxicity"], results["perplexity"]
-        print(
-            f"{path}: mean toxicity {toxicity['mean_toxicity']:.3f}, word perplexity "
-            f"{perplexity['word_perplexity']:.4g}, MIA AUC {results['membership']['auc']:.3f}"
+
+    def args(job):
+        return _arguments(job, evaluation, runs_dir, publish)
+
+    if cluster.executor == "slurm":
+        _check_slurm()
+        for job, handle in submit_slurm(jobs, cluster, folder, args):
+            print(f"{job.name}: Slurm job {handle.job_id}")
+        print(f"submitted {len(todo)} jobs; logs in {folder}; run the same command to resume")
+        return jobs
+    failures = run_here(jobs, cluster, folder, args)
+    for job, handle in failures:
+        print(f"\nFAILED {job.name} (job {handle.job_id}); the end of its log:\n{log_tail(handle)}")
+    if failures:
+        names = ", ".join(job.name for job, _ in failures)
+        raise SweepFailed(f"{len(failures)} job(s) failed: {names}; fix and run the same command")
+    print(f"ran {len(todo)} jobs in {time.time() - started:.0f} s")
+    return jobs
+
+
+class SweepFailed(RuntimeError):
+    "Some of a sweep's jobs failed (their logs were printed)."
+
+    bad_input = True  # the command ends with this line, after the logs
+
+
+def _check_slurm():
+    "Slurm's commands, which submitit drives, are here (a login node), or say what to do."
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if missing:
+        raise ValueError(
+            f"executor 'slurm' needs Slurm's {' and '.join(missing)} on PATH, not found here; run "
+            "the sweep on the cluster's login node, or use --executor local"
         )
-    print(f"trained and evaluated {len(runs)} runs in {time.time() - started:.0f} s")
-    shown = Path(configs[0].run_dir)
-    if publish:
-        shown = summarize_experiment(configs[0].run_dir, publish)
-        print(f"{shown}: the runs' small files and weight-space tables")
-    if compare:
-        print(f"comparison: {render_comparison(shown)}")
-    return shown
+
+
+def _check_gpus(configs: list[TrainConfig], cluster: Cluster):
+    "Each job's torchrun starts nproc processes, one per GPU it was given."
+    nproc = configs[0].nproc
+    if cluster.gpus > 1 and nproc != cluster.gpus:
+        raise ValueError(
+            f"--gpus {cluster.gpus} gives each job {cluster.gpus} GPUs, but nproc={nproc} starts "
+            f"{nproc} process(es); pass --nproc {cluster.gpus} --strategy ddp (or fsdp)"
+        )
 
 # %% ../nbs/07_sweep.ipynb #13e39be7
+def add_cluster_flags(parser: argparse.ArgumentParser):
+    "The flags of `Cluster`: where the jobs run and what each asks for."
+    group = parser.add_argument_group("jobs (submitit)")
+    default = Cluster()
+    group.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default=default.executor,
+        help="local processes, Slurm jobs, or this process (debug)",
+    )
+    for name, help in (
+        ("parallel", "jobs at once (0: local one at a time, slurm no limit)"),
+        ("gpus", "GPUs per node of each job"),
+        ("nodes", "slurm: nodes per unlearning job (torchrun across them)"),
+        ("cpus", "CPUs per task"),
+        ("time", "minutes per job (then requeued; the run resumes)"),
+    ):
+        value = getattr(default, name)
+        group.add_argument(f"--{name}", type=int, default=value, help=f"{help} (default: {value})")
+    group.add_argument("--partition", default="", help="slurm partition (default: the cluster's)")
+    group.add_argument(
+        "--folder", default="", help="job files and logs (default: RUN_DIR/.submitit)"
+    )
+
+
 def parse_arguments(argv: list[str] | None = None) -> tuple[dict, dict, argparse.Namespace]:
     "(training settings, evaluation settings, the sweep's own options) from the command line."
     parser = argparse.ArgumentParser(prog="toxigs-sweep", description=sweep.__doc__)
@@ -158,15 +442,18 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[dict, dict, argparse
     parser.add_argument(
         "--publish", default=None, help="also summarize the experiment into this folder"
     )
+    parser.add_argument("--dry-run", action="store_true", help="print the job table, run nothing")
+    add_cluster_flags(parser)
     training = add_parameter_flags(parser, TrainConfig, skip=SHARED)
     evaluating = add_parameter_flags(parser, evaluate_run, skip=EVALUATION_OWN + tuple(training))
     given = vars(parser.parse_args(argv))
     own = argparse.Namespace(
         **{
             k: given.pop(k)
-            for k in ("run_dir", "methods", "seeds", "device", "no_compare", "publish")
+            for k in ("run_dir", "methods", "seeds", "device", "no_compare", "publish", "dry_run")
         }
     )
+    own.cluster = Cluster(**{f.name: given.pop(f.name) for f in fields(Cluster)})
     rules, objectives = given.pop("rules"), given.pop("objectives")
     if rules and own.methods:
         parser.error("give --methods or --rules (with --objectives), not both")
@@ -179,11 +466,13 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[dict, dict, argparse
 
 
 def main(argv: list[str] | None = None):
-    "`toxigs-sweep [--methods ...] [--seeds ...] [any TrainConfig field or evaluate_run argument]`."
+    """`toxigs-sweep [--methods ...] [--seeds ...] [--executor slurm ...] [any TrainConfig field or
+    evaluate_run argument]`."""
     train_settings, evaluation, own = parse_arguments(argv)
 
     def work():
         configs = sweep_configs(own.run_dir, own.methods, own.seeds, **train_settings)
-        return sweep(configs, evaluation, compare=not own.no_compare, publish=own.publish)
+        compare = not own.no_compare
+        sweep(configs, evaluation, compare, own.publish, own.cluster, own.dry_run)
 
     run_command("toxigs-sweep", work)

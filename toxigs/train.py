@@ -37,7 +37,9 @@ from .checks import check_choice, check_field_types, check_number, run_command
 from .data import collate, collate_pairs, load_records, make_preference_pairs, split_records
 from .data import Splits, tokenize_pairs, tokenize_records
 from .distributed import Processes, check_device, check_strategy, init_processes, launch
+from .distributed import check_rendezvous
 from .distributed import local_shards, local_tensor, shard_model, whole_tensors
+from .tracking import Trackers, open_trackers, parse_report_to
 from .memory import ADAPTER_DIR, AdaptersDisabled, add_adapters, enable_gradient_checkpointing
 from .memory import is_adapted, load_adapter_weights, merged_state_dict, peak_memory
 from .memory import require_peft
@@ -122,9 +124,13 @@ class TrainConfig:
     best_margin: float = 0.1  # keep_best: candidates' retain NLL <= step 0's + this (nats/token)
     strategy: str = "none"  # `none`, `ddp` or `fsdp`
     nproc: int = 1  # processes (devices) on this machine; >1 launches torchrun workers
+    nnodes: int = 1  # machines the run spans (torchrun; run the same command on each)
+    node_rank: int = 0  # this machine's place among the nnodes, 0 .. nnodes - 1
+    rdzv_endpoint: str = ""  # `host:port` of node 0, where the nodes meet (nnodes > 1)
     device: str = "auto"  # `auto` (GPU if any, else CPU), `cpu`, `cuda`, `cuda:1`, ...
     precision: str = "auto"  # auto (bf16 autocast on GPU, else fp32), bf16, fp32; Adam in fp32
     dropout: bool = False  # keep dropout on (off: log-probs compare across forward passes)
+    report_to: str = ""  # trackers: `tensorboard`, `wandb`, `mlflow`, comma-separated ("": none)
     resume: bool = True  # continue an interrupted run, skip a finished one (False: refuse both)
 
     def __post_init__(self):
@@ -164,6 +170,8 @@ class TrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("surgery_every", self.surgery_every, SURGERY_SCHEDULES)
         check_strategy(self.strategy, self.nproc)
+        check_rendezvous(self.nnodes, self.node_rank, self.rdzv_endpoint, self.strategy)
+        parse_report_to(self.report_to)
         check_device(self.device, self.nproc, self.strategy)
 
     def _check_lora(self):
@@ -871,6 +879,7 @@ class Run:
     rule_state: dict  # a stateful rule's state (`init_rule_state`), saved in checkpoints
     start_step: int
     evaluation: TrainingEvaluation | None  # the evaluation during training (None: eval_every 0)
+    trackers: Trackers | None  # report_to's trackers (main process; None elsewhere)
 
     @property
     def path(self) -> Path:
@@ -905,6 +914,13 @@ def _write_run_start(
     evaluations = [e for e in read_evaluations(config.path) if e["step"] <= step] if step else []
     if config.eval_every:
         write_jsonl_atomic(config.path / EVALUATIONS_FILE, evaluations)
+
+
+def _open_trackers(config: TrainConfig, processes: Processes, step: int) -> Trackers | None:
+    "report_to's trackers, on the main process only (the others log nothing)."
+    if not processes.is_main:
+        return None
+    return open_trackers(config.report_to, config.path, asdict(config), step)
 
 
 def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run:
@@ -991,6 +1007,7 @@ def setup_run(config: TrainConfig, processes: Processes, start: RunStart) -> Run
         rule_state,
         step,
         evaluation,
+        _open_trackers(config, processes, step),
     )
 
 # %% ../nbs/03_train.ipynb #8f7ae345
@@ -1181,6 +1198,7 @@ def log_step(run: Run, bar, step: int, lr: float, record: dict, tokens: int, ela
         | {"tokens": tokens, "tokens_per_s": tokens / elapsed, "step_time_s": elapsed}
     )
     append_jsonl(run.path / METRICS_FILE, line)
+    run.trackers.log(line)
     bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k.endswith("loss")})
 
 
@@ -1238,6 +1256,7 @@ def _best(run: Run) -> dict:
 def _record_evaluation(run: Run, line: dict) -> bool:
     "Append the evaluation's line (main process); whether it is the new best by `keep_best`."
     append_jsonl(run.path / EVALUATIONS_FILE, line)
+    run.trackers.log(line, prefix="eval/")
     return bool(run.config.keep_best) and _best(run)["step"] == line["step"]
 
 
@@ -1290,6 +1309,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                 print(f"{config.path} is finished; nothing to do")
             return config.path
         run = setup_run(config, processes, start)
+        if run.trackers:
+            held.callback(run.trackers.close)  # closed also when the run fails
         last_good = start.resume_from
         if run.start_step == 0 and _evaluation_due(config, 0):
             evaluate_during_training(run, 0)
@@ -1332,18 +1353,20 @@ def worker(argv: list[str] | None = None):
 
 
 def launch_workers(config: TrainConfig):
-    "Run `config` in `config.nproc` torchrun workers on this machine and wait for them."
+    """Run `config` in `config.nproc` torchrun workers on this machine (one of `config.nnodes`) and
+    wait for them."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(asdict(config), f)
     try:
-        launch("toxigs.train:worker", ["--config", f.name], config.nproc)
+        rendezvous = config.nnodes, config.node_rank, config.rdzv_endpoint
+        launch("toxigs.train:worker", ["--config", f.name], config.nproc, *rendezvous)
     finally:
         os.unlink(f.name)
 
 
 def run(config: TrainConfig, progress: bool = True) -> Path:
     "Fine-tune the base if it is missing, then run `config.method`; return the run directory."
-    if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
+    if (config.nproc > 1 or config.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         launch_workers(config)
         return config.path
     if config.method != FINETUNE and not is_finished(config.base().path):
