@@ -5,6 +5,7 @@
 # %% ../nbs/06_analysis.ipynb #06dad1f0
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from scipy import stats
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from .checks import check_choice, check_number
 from .attacks import recovery, recovery_interval
 from .evaluate import bootstrap_interval, read_results
 from .models import LEVELS, module_group
@@ -866,7 +868,7 @@ def plot_distances(
     fig.update_layout(
         title=figure_title(title, f"over all parameters, in units of {unit[1:]}" if unit else ""),
         template="plotly_white",
-        width=max(FIGURE_WIDTH, 260 + 80 * len(distances)),
+        width=FIGURE_WIDTH,  # fits a notebook's output area; the cells shrink with more runs
         height=200 + 60 * len(distances),
     )
     return fig
@@ -2102,66 +2104,105 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/06_analysis.ipynb #bdbddad6
+def _selected_distances(runs_dir: str | Path, selected: list) -> pd.DataFrame:
+    "The distance matrix of the chosen runs, from their checkpoints or the stored table."
+    stored = _stored(runs_dir, DISTANCES_FILE)
+    if stored is None:
+        return distance_matrix(selected)
+    table = pd.read_csv(stored, index_col="run")
+    names = [r.name for r in selected if r.name in table.index]
+    if len(names) < 2:
+        raise ValueError(f"need at least two of the stored runs ({', '.join(table.index)})")
+    return table.loc[names, names]
+
+
+def _selected_twins(runs_dir: str | Path, selected: list, level: str) -> pd.DataFrame:
+    "The surgery-vs-sum table of the chosen runs, from their checkpoints or the stored table."
+    if _stored(runs_dir, TWINS_FILE) is None:
+        return compare_twins(selected, level)
+    names = {r.name for r in selected}
+    table = experiment_twins(runs_dir, level)
+    table = table[table.surgery.isin(names) & table.twin.isin(names)]
+    if table.empty:
+        raise ValueError("no surgery run is chosen together with its plain-sum twin")
+    return table
+
+
+def _view(name: str, make) -> widgets.Widget:
+    "A figure as a FigureWidget, a table as HTML, a problem as its message."
+    try:
+        shown = make()
+    except (ValueError, FileNotFoundError) as e:
+        return widgets.HTML(f"<pre>{name}: {html.escape(str(e))}</pre>")
+    if isinstance(shown, go.Figure):
+        return go.FigureWidget(shown)
+    return widgets.HTML(shown.to_html())
+
+
+def _metric_options(runs: list) -> tuple[list[str], list[str]]:
+    "The toxicity columns (every scorer's) and the utility axes the runs' results hold."
+    try:
+        evaluated = results_frame(runs)
+    except FileNotFoundError:
+        return list(TOXICITY_METRICS), [UTILITY_METRIC]
+    columns = [c for c in metric_columns(evaluated) if c.partition("@")[0] in TOXICITY_METRICS]
+    return columns, [UTILITY_METRIC] + utility_columns(evaluated)
+
+
 def explorer(
-    runs_dir: str | Path,  # an experiment folder
+    runs_dir: str | Path,  # an experiment folder, with checkpoints or summarized
     weights: bool = True,  # also show the weight-space figures (reads checkpoints on each change)
+    toxicity: str = TOXICITY_METRICS[0],  # the trade-off's toxicity metric, at the start
+    utility: str = UTILITY_METRIC,  # the trade-off's utility axis, at the start
+    window: int = 10,  # the conflict frequency's rolling window, at the start
+    level: str = "module",  # the weight-space grouping at the start: parameter, module, block
 ):
     """An ipywidgets control: choose runs and metrics, see the trade-off, conflict and weight-space
     figures."""
-
     runs = find_runs(runs_dir)
+    toxicity_options, utility_options = _metric_options(runs)
+    check_choice("toxicity", toxicity, toxicity_options)
+    check_choice("utility", utility, utility_options)
+    check_choice("level", level, LEVELS[:3])
+    check_number("window", window, 1, integer=True)
+    names = [r.name for r in runs]
     chosen = widgets.SelectMultiple(
-        options=[r.name for r in runs],
-        value=[r.name for r in runs],
-        rows=min(10, len(runs)),
-        description="runs",
+        options=names, value=names, rows=min(10, len(runs)), description="runs"
     )
-    try:
-        evaluated = results_frame(runs)
-        toxicity_columns = [
-            c for c in metric_columns(evaluated) if c.partition("@")[0] in TOXICITY_METRICS
-        ]  # every scorer's
-        utility_options = [UTILITY_METRIC] + utility_columns(evaluated)
-    except FileNotFoundError:
-        toxicity_columns, utility_options = list(TOXICITY_METRICS), [UTILITY_METRIC]
-    toxicity = widgets.Dropdown(
-        options=toxicity_columns, value=TOXICITY_METRICS[0], description="toxicity"
-    )
-    utility = widgets.Dropdown(options=utility_options, value=UTILITY_METRIC, description="utility")
-    window = widgets.IntSlider(value=10, min=1, max=100, description="window")
-    level = widgets.Dropdown(options=LEVELS[1:3], value="module", description="group by")
+    toxicity = widgets.Dropdown(options=toxicity_options, value=toxicity, description="toxicity")
+    utility = widgets.Dropdown(options=utility_options, value=utility, description="utility")
+    window = widgets.IntSlider(value=window, min=1, max=100, description="window")
+    level = widgets.Dropdown(options=LEVELS[:3], value=level, description="group by")
     angle = widgets.Checkbox(value=False, description="angle (degrees)")
-    output = widgets.Output()
+    shown = widgets.VBox()
 
     def draw(*_):
         selected = select_runs(runs, chosen.value)
-        with output:
-            output.clear_output(wait=True)
-            figures = [
+        figures = [
+            (
+                "trade-off",
+                lambda: plot_tradeoff(results_frame(selected), toxicity.value, utility.value),
+            ),
+            ("results", lambda: format_results_table(results_table(results_frame(selected)))),
+            (
+                "conflict",
+                lambda: plot_conflict(conflict_frame(selected, window.value), angle.value),
+            ),
+        ]
+        if weights:
+            figures += [
+                ("distances", lambda: plot_distances(_selected_distances(runs_dir, selected))),
                 (
-                    "trade-off",
-                    lambda: plot_tradeoff(results_frame(selected), toxicity.value, utility.value),
-                ),
-                ("results", lambda: format_results_table(results_table(results_frame(selected)))),
-                (
-                    "conflict",
-                    lambda: plot_conflict(conflict_frame(selected, window.value), angle.value),
+                    "twins",
+                    lambda: plot_update_comparison(
+                        _selected_twins(runs_dir, selected, level.value)
+                    ),
                 ),
             ]
-            if weights:
-                figures += [
-                    ("distances", lambda: plot_distances(distance_matrix(selected))),
-                    ("twins", lambda: plot_update_comparison(compare_twins(selected, level.value))),
-                ]
-            for name, make in figures:
-                try:
-                    display(make())
-                except (ValueError, FileNotFoundError) as e:
-                    print(f"{name}: {e}")
+        shown.children = [_view(name, make) for name, make in figures]
 
     for control in (chosen, toxicity, utility, window, level, angle):
         control.observe(draw, names="value")
     draw()
-    return widgets.VBox(
-        [widgets.HBox([chosen, widgets.VBox([toxicity, utility, window, level, angle])]), output]
-    )
+    controls = widgets.VBox([toxicity, utility, window, level, angle])
+    return widgets.VBox([widgets.HBox([chosen, controls]), shown])

@@ -11,7 +11,8 @@ import sys
 from typing import Callable, Iterable
 
 # %% auto #0
-__all__ = ['BAD_INPUT', 'check_number', 'check_choice', 'check_names', 'check_field_types', 'run_command', 'first_line']
+__all__ = ['BAD_INPUT', 'check_number', 'check_choice', 'check_names', 'check_field_types', 'run_command', 'first_line',
+           'gpu_or_skip']
 
 # %% ../nbs/00_checks.ipynb #7fe553d9
 def _interval(low, high, low_open: bool, high_open: bool) -> str:
@@ -124,3 +125,15 @@ def run_command(
 def first_line(error: BaseException) -> str:
     "The first line of an error's message (another library's may run on for a screen)."
     return (str(error).strip().splitlines() or [""])[0]
+
+# %% ../nbs/00_checks.ipynb #acae54e37e7d407bbb7b55eff062a284
+def gpu_or_skip(
+    what: str,  # what the cell checks, for the message
+) -> bool:
+    "Whether a CUDA GPU is here; where none is, print that `what` is skipped."
+    import torch  # only here: the checks of values need no torch
+
+    if torch.cuda.is_available():
+        return True
+    print(f"skipped on this machine (no CUDA GPU): {what}")
+    return False

@@ -28,12 +28,12 @@ except ImportError:
 # %% auto #0
 __all__ = ['FINETUNE', 'BASE_RUN', 'CONFIG_FILE', 'METRICS_FILE', 'EVALUATIONS_FILE', 'STATE_FILE', 'TRAINER_FILE',
            'CHECKSUMS_FILE', 'SUMMARY_FILE', 'RESULTS_FILE', 'GENERATIONS_FILE', 'REFERENCE_FILE', 'LOCK_FILE',
-           'method_names', 'parse_method', 'run_name', 'checkpoints_dir', 'final_checkpoint', 'best_checkpoint',
-           'step_checkpoint', 'is_finished', 'checkpoint_steps', 'write_bytes_atomic', 'write_text_atomic',
-           'write_json_atomic', 'write_jsonl_atomic', 'append_jsonl', 'sync_file', 'replace_directory', 'RunFileError',
-           'read_json', 'read_jsonl', 'read_metrics', 'read_evaluations', 'CheckpointError', 'file_sha256',
-           'write_checksums', 'verify_checkpoint', 'is_intact', 'resume_checkpoint', 'RunLockedError', 'RunLock',
-           'library_versions']
+           'method_names', 'parse_method', 'run_name', 'project_root', 'project_path', 'checkpoints_dir',
+           'final_checkpoint', 'best_checkpoint', 'step_checkpoint', 'is_finished', 'checkpoint_steps',
+           'write_bytes_atomic', 'write_text_atomic', 'write_json_atomic', 'write_jsonl_atomic', 'append_jsonl',
+           'sync_file', 'replace_directory', 'RunFileError', 'read_json', 'read_jsonl', 'read_metrics',
+           'read_evaluations', 'CheckpointError', 'file_sha256', 'write_checksums', 'verify_checkpoint', 'is_intact',
+           'resume_checkpoint', 'RunLockedError', 'RunLock', 'library_versions']
 
 # %% ../nbs/02a_runs.ipynb #de2c3001
 FINETUNE = "finetune"  # the method that trains the base model
@@ -72,6 +72,25 @@ def run_name(
     if method == FINETUNE:
         return BASE_RUN
     return f"{method}-{options}-seed{seed}" if options else f"{method}-seed{seed}"
+
+# %% ../nbs/02a_runs.ipynb #a218dfe0
+def project_root(
+    start: str | Path | None = None,  # where to look from (default: the working directory)
+) -> Path:
+    "The nearest folder from `start` up that holds a toxigs project, else `start`."
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "settings.ini").is_file() and (folder / "nbs").is_dir():
+            return folder
+    return start
+
+
+def project_path(
+    path: str | Path,  # a run or experiment folder, as a notebook parameter names it
+) -> Path:
+    "An absolute path: `path` itself if absolute, else read from the project root."
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path
 
 # %% ../nbs/02a_runs.ipynb #efe4e979
 CONFIG_FILE = "config.json"  # every resolved parameter of the run

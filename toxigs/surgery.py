@@ -761,7 +761,7 @@ def plot_rules(
     forget_grad: Sequence[float] = (1.0, 0.6),  # g1 in the plane
     retain_grad: Sequence[float] = (-0.8, 0.9),  # g2 in the plane
     rules: Sequence[str] = tuple(RULES),  # which rules to draw, one panel each
-    per_row: int = 6,  # panels per row
+    per_row: int = 4,  # panels per row (4 fit a notebook's output area)
 ):
     "A plotly figure with one panel per rule: g1 (red), g2 (blue) and the update u (black)."
 
@@ -809,8 +809,11 @@ def plot_rules(
             row=row,
             col=col,
         )
-    fig.update_layout(
-        height=260 * rows + 40, width=220 * cols + 120, margin=dict(l=20, r=20, t=40, b=20)
+    fig.update_layout(  # the legend below the panels: the figure is no wider than they are
+        height=230 * rows + 80,
+        width=200 * cols + 40,
+        margin=dict(l=20, r=20, t=40, b=50),
+        legend=dict(orientation="h", x=0, y=0, yanchor="bottom", yref="container"),
     )
     return fig
 

@@ -26,7 +26,7 @@ from .runs import checkpoint_steps, is_finished
 from .train import TrainConfig, run
 
 # %% auto #0
-__all__ = ['PAPER_METHODS', 'VARIANTS', 'SHARED', 'EVALUATION_OWN', 'EXECUTORS', 'sweep_configs', 'rule_methods',
+__all__ = ['PAPER_METHODS', 'VARIANTS', 'SHARED', 'EVALUATION_OWN', 'HEADLESS', 'EXECUTORS', 'sweep_configs', 'rule_methods',
            'render_comparison', 'run_state', 'SweepJob', 'sweep_jobs', 'job_table', 'run_job', 'compare_job',
            'SweepTask', 'Cluster', 'make_executor', 'log_tail', 'run_here', 'submit_slurm', 'sweep', 'SweepFailed',
            'add_cluster_flags', 'parse_arguments', 'main']
@@ -82,21 +82,19 @@ def _compare_notebook() -> Path:
     return notebook
 
 
+# papermill's settings for a render that never waits forever (see below)
+HEADLESS = ("--autosave-cell-every", "0", "--execution-timeout", "14400")
+
+
 def render_comparison(
     runs_dir: str | Path,  # an experiment folder, with checkpoints or summarized
 ) -> Path:
     "Render nbs/compare.ipynb over `runs_dir` into `runs_dir/compare.ipynb`, figures beside it."
-    out = Path(runs_dir) / "compare.ipynb"
-    command = [
-        sys.executable,
-        "-m",
-        "papermill",
-        str(_compare_notebook()),
-        str(out),
-        "-p",
-        "runs_dir",
-        str(runs_dir),
-    ]
+    runs_dir = Path(runs_dir).resolve()  # the notebook reads relative paths from the project root
+    out = runs_dir / "compare.ipynb"
+    notebook = str(_compare_notebook())
+    command = [sys.executable, "-m", "papermill", *HEADLESS, notebook, str(out)]
+    command += ["-p", "runs_dir", str(runs_dir)]
     subprocess.run(command, check=True)
     return out
 
