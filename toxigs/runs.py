@@ -73,7 +73,7 @@ def run_name(
         return BASE_RUN
     return f"{method}-{options}-seed{seed}" if options else f"{method}-seed{seed}"
 
-# %% ../nbs/02a_runs.ipynb #a218dfe0
+# %% ../nbs/02a_runs.ipynb #c8a3200b
 def project_root(
     start: str | Path | None = None,  # where to look from (default: the working directory)
 ) -> Path:
