@@ -280,13 +280,18 @@ def log_tail(job: submitit.Job, lines: int = 20) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 # %% ../nbs/07_sweep.ipynb #7cdc8c89c7104fffa095e18ddfef8986
+def _pending(jobs: list[SweepJob], stage: str) -> list[SweepJob]:
+    "The jobs of `stage` that are not done."
+    return [j for j in jobs if j.stage == stage and j.state != "done"]
+
+
 def run_here(jobs: list[SweepJob], cluster: Cluster, folder: Path, args) -> list[tuple]:
     """Run the jobs stage by stage on this machine (`local` or `debug`), `parallel` at once,
     waiting for each stage; returns the failures as (job, submitit job). A failed base stops the
     sweep (every unlearning job needs it)."""
     failures = []
     for stage in ("base", "unlearn", "compare"):
-        todo = [j for j in jobs if j.stage == stage and j.state != "done"]
+        todo = _pending(jobs, stage)
         if failures or not todo:
             continue
         executor = make_executor(cluster, folder, stage)
@@ -313,7 +318,7 @@ def submit_slurm(jobs: list[SweepJob], cluster: Cluster, folder: Path, args) -> 
     starts after it (afterok), then the comparison after them; returns (job, submitit job)."""
     submitted, previous = [], []
     for stage in ("base", "unlearn", "compare"):
-        todo = [j for j in jobs if j.stage == stage and j.state != "done"]
+        todo = _pending(jobs, stage)
         if not todo:
             continue
         executor = make_executor(cluster, folder, stage)
